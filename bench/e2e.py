@@ -1,0 +1,505 @@
+"""End-to-end benchmark: stream-node's pipeline against the one a user would write by hand.
+
+Both pipelines move the SAME synthetic frames (``SyntheticDetector(shape, dtype, seed=0)``)
+from one source through W worker processes to one HDF5 collector, on this host, and both output
+files are checked afterwards (frame count, and a sample of frames byte-equal to
+``SyntheticDetector.frame(i)``), so a fast number can never come from a pipeline that dropped or
+mangled frames.
+
+The naive side is deliberately what a scientist writes with plain ``multiprocessing`` + pyzmq +
+h5py: ``tobytes()`` and ``copy=True`` everywhere, PUSH/PULL over tcp on 127.0.0.1,
+``dset[i] = frame`` into a dataset chunked one frame per chunk. It is not a straw man: there are no
+sleeps, start-up is synchronised (nothing is sent before every peer has bound), nothing is lost,
+and it is timed the same way as stream-node (first frame sent -> output file closed).
+
+Usage::
+
+    python bench/e2e.py                      # quick: 300 frames of 512x1024 uint16, 2 workers
+    python bench/e2e.py --full               # 2000 frames, 1, 2 and 3 workers
+    python bench/e2e.py --frames 500 --shape 256x512 --workers 1,2
+    python bench/e2e.py --only naive         # skip stream-node (e.g. while it is being written)
+
+The exit status is 0 only when every pipeline that ran wrote every frame correctly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnContext, SpawnProcess
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import zmq
+
+from stream_node.synthetic import SyntheticDetector
+
+QUICK_FRAMES = 300
+FULL_FRAMES = 2000
+DEFAULT_SHAPE = (512, 1024)
+DEFAULT_DTYPE = "uint16"
+QUICK_WORKERS = (2,)
+FULL_WORKERS = (1, 2, 3)
+
+# A wedged pipeline must fail the bench, not hang it: every wait below is bounded by these.
+STARTUP_TIMEOUT_S = 60.0
+IDLE_TIMEOUT_S = 30.0  # the naive collector gives up after this long without a frame
+JOIN_TIMEOUT_S = 10.0
+
+# Frames checked byte for byte in each output file (plus a few chosen at random, seeded).
+SAMPLE_RANDOM = 4
+
+# Copies of a whole frame per frame in the naive pipeline, whatever W is (each frame crosses
+# exactly one worker). Generating the frame (SyntheticDetector.frame) is not counted, as it is the
+# same for both pipelines. Kernel copies are counted because shared memory avoids them: a tcp hop
+# costs one copy into the socket buffer and one out of it (libzmq reads large messages straight
+# into the message buffer, so it adds none), and the HDF5 file write costs one into the page cache.
+NAIVE_COPIES: tuple[tuple[str, int], ...] = (
+    ("source: frame.tobytes()", 1),
+    ("source: send copy=True (bytes -> zmq msg)", 1),
+    ("hop 1: tcp kernel copy in + out", 2),
+    ("worker: recv copy=True (zmq msg -> bytes)", 1),
+    ("worker: send copy=True (array -> zmq msg)", 1),
+    ("hop 2: tcp kernel copy in + out", 2),
+    ("collector: recv copy=True (zmq msg -> bytes)", 1),
+    ("collector: dset[i] = frame (into HDF5 chunk cache)", 1),
+    ("collector: HDF5 write() into the page cache", 1),
+)
+NAIVE_COPIES_PER_FRAME = sum(n for _, n in NAIVE_COPIES)
+
+
+@dataclass
+class RunResult:
+    """One pipeline run, reduced to what the table needs, whichever pipeline produced it."""
+
+    pipeline: str
+    workers: int
+    frames: int
+    frame_nbytes: int
+    frames_written: int = 0
+    missing: int = 0
+    seconds: float = float("nan")
+    copies_per_frame: str = "?"
+    verified: bool = False
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.verified and self.missing == 0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_written / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def gb_per_s(self) -> float:
+        """Uncompressed payload rate (10^9 B/s), so a compressing pipeline is not flattered."""
+        return self.frames_per_s * self.frame_nbytes / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# stream-node side
+# --------------------------------------------------------------------------------------------
+
+
+def run_stream_node(
+    output: Path, frames: int, shape: tuple[int, int], dtype: str, workers: int
+) -> RunResult:
+    """Run stream-node's local demo pipeline: the one place that knows its API, easy to adapt.
+
+    Contract: ``stream_node.demo.run_local_pipeline(...)`` returns an object with
+    ``frames_written``, ``missing``, ``bytes_written``, ``seconds`` (first frame sent -> file
+    closed) and optionally ``copies_per_frame``.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    result = RunResult("stream-node", workers, frames, nbytes)
+    try:
+        from stream_node.demo import run_local_pipeline  # may not exist yet
+    except ImportError as exc:
+        result.error = f"not available: {exc}"
+        return result
+    summary = run_local_pipeline(
+        output=output, frames=frames, shape=shape, dtype=dtype, workers=workers, overwrite=True
+    )
+    result.frames_written = int(summary.frames_written)
+    result.missing = int(summary.missing)
+    result.seconds = float(summary.seconds)
+    copies = getattr(summary, "copies_per_frame", None)
+    result.copies_per_frame = "?" if copies is None else str(copies)
+    bytes_written = getattr(summary, "bytes_written", None)
+    if bytes_written is not None and result.frames_written:
+        ratio = bytes_written / (result.frames_written * nbytes)
+        if abs(ratio - 1.0) > 0.01:
+            result.notes.append(f"bytes_written is {ratio:.2f}x the raw payload")
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# naive side: plain multiprocessing + pyzmq + h5py, as a user would write it
+# --------------------------------------------------------------------------------------------
+# Topology: collector binds PULL; each worker binds its own PULL and connects PUSH to the
+# collector; the source connects PUSH to every worker. Every connect happens after the peer has
+# bound (the ports travel through a queue), and a connecting PUSH gets its pipe at connect(), so
+# frames queue instead of being lost or all going to the first worker whose tcp connection is
+# up: that ordering is the ready handshake, with no sleeps.
+
+
+def _naive_collector(
+    path: str,
+    frames: int,
+    shape: tuple[int, int],
+    dtype: str,
+    ports: Any,
+    results: Any,
+) -> None:
+    """PULL every frame and write it at its index; stop after `frames` frames or when idle."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.linger = 0
+    try:
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        seen = np.zeros(frames, dtype=bool)
+        received = 0
+        with h5py.File(path, "w") as f:
+            dset = f.create_dataset("data", shape=(frames, *shape), dtype=dtype, chunks=(1, *shape))
+            ports.put(("collector", port))
+            while received < frames:
+                if not sock.poll(int(IDLE_TIMEOUT_S * 1000)):
+                    break
+                id_bytes, payload = sock.recv_multipart(copy=True)
+                frame_id = int.from_bytes(id_bytes, "little")
+                dset[frame_id] = np.frombuffer(payload, dtype=dtype).reshape(shape)
+                if not seen[frame_id]:
+                    seen[frame_id] = True
+                    received += 1
+        closed = time.monotonic()  # file closed: the end of the timed span
+        results.put(("collector", received, frames - received, closed))
+    except BaseException:
+        results.put(("collector-error", traceback.format_exc()))
+        raise
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def _naive_worker(
+    collector_port: int, shape: tuple[int, int], dtype: str, ports: Any, stop: Any
+) -> None:
+    """Forward frames PULL -> PUSH with copy=True: the hop a real pipeline's kernels sit in."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
+    pull.linger = 0
+    push.linger = int(JOIN_TIMEOUT_S * 1000)
+    try:
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{collector_port}")
+        ports.put(("worker", port))
+        # PUSH round-robin cannot broadcast an end marker, so the parent says stop by event.
+        while not stop.is_set():
+            if not pull.poll(100):
+                continue
+            id_bytes, payload = pull.recv_multipart(copy=True)
+            frame = np.frombuffer(payload, dtype=dtype).reshape(shape)
+            push.send_multipart([id_bytes, frame], copy=True)
+    finally:
+        pull.close()
+        push.close()
+        ctx.term()
+
+
+def _naive_source(
+    worker_ports: list[int],
+    frames: int,
+    shape: tuple[int, int],
+    dtype: str,
+    results: Any,
+) -> None:
+    """Generate frames and PUSH them round-robin to the workers; report when the first was sent."""
+    detector = SyntheticDetector(shape, dtype, seed=0)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.linger = int(IDLE_TIMEOUT_S * 1000)  # let queued frames drain before exit, but bounded
+    try:
+        for port in worker_ports:
+            push.connect(f"tcp://127.0.0.1:{port}")
+        started = time.monotonic()
+        for frame_id in range(frames):
+            frame = detector.frame(frame_id)
+            push.send_multipart([frame_id.to_bytes(8, "little"), frame.tobytes()], copy=True)
+        results.put(("source", started))
+    except BaseException:
+        results.put(("source-error", traceback.format_exc()))
+        raise
+    finally:
+        push.close()
+        ctx.term()
+
+
+def _expect(queue: Any, kinds: set[str], timeout: float) -> tuple[Any, ...]:
+    """Next message of one of `kinds`; a child's traceback or a timeout raises here instead."""
+    try:
+        message = queue.get(timeout=timeout)
+    except queue_mod.Empty:
+        raise TimeoutError(f"no {sorted(kinds)} message within {timeout:.0f} s") from None
+    if message[0].endswith("-error"):
+        raise RuntimeError(f"{message[0]}:\n{message[1]}")
+    if message[0] not in kinds:
+        raise RuntimeError(f"expected {sorted(kinds)}, got {message[0]!r}")
+    return message
+
+
+def run_naive(
+    output: Path, frames: int, shape: tuple[int, int], dtype: str, workers: int
+) -> RunResult:
+    """Run the hand-written pipeline; every process started here is joined or killed on exit."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    result = RunResult(
+        "naive", workers, frames, nbytes, copies_per_frame=str(NAIVE_COPIES_PER_FRAME)
+    )
+    # spawn, not fork: stream-node's run in this same parent may leave zmq/io threads behind.
+    ctx: SpawnContext = mp.get_context("spawn")
+    ports = ctx.Queue()
+    results = ctx.Queue()
+    stop = ctx.Event()
+    procs: list[SpawnProcess] = []
+
+    def start(target: Callable[..., None], *args: Any, name: str) -> None:
+        proc = ctx.Process(target=target, args=args, name=name, daemon=True)
+        proc.start()
+        procs.append(proc)
+
+    try:
+        start(
+            _naive_collector,
+            str(output),
+            frames,
+            shape,
+            dtype,
+            ports,
+            results,
+            name="naive-collector",
+        )
+        collector_port = _expect(ports, {"collector"}, STARTUP_TIMEOUT_S)[1]
+        for i in range(workers):
+            start(
+                _naive_worker, collector_port, shape, dtype, ports, stop, name=f"naive-worker-{i}"
+            )
+        worker_ports = [_expect(ports, {"worker"}, STARTUP_TIMEOUT_S)[1] for _ in range(workers)]
+        start(_naive_source, worker_ports, frames, shape, dtype, results, name="naive-source")
+
+        # The source reports when it finished sending, the collector when its file is closed;
+        # either may come first. time.monotonic is one system-wide clock on Linux.
+        budget = STARTUP_TIMEOUT_S + IDLE_TIMEOUT_S + frames * 0.1
+        messages = {}
+        for _ in range(2):
+            msg = _expect(results, {"source", "collector"}, budget)
+            messages[msg[0]] = msg
+        started = messages["source"][1]
+        _, received, missing, closed = messages["collector"]
+        result.frames_written, result.missing = received, missing
+        result.seconds = closed - started
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(JOIN_TIMEOUT_S)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(JOIN_TIMEOUT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for proc in procs:
+            if proc.exitcode not in (0, None) and result.error is None:
+                result.error = f"{proc.name} exited with code {proc.exitcode}"
+        for q in (ports, results):
+            q.close()
+            q.join_thread()
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------------
+
+
+def _find_frames_dataset(h5file: Any, frames: int, shape: tuple[int, int]) -> Any:
+    """The frames dataset: NeXus path first (stream-node), then ``data`` (naive), else any match."""
+    for name in ("entry/data/data", "data"):
+        if name in h5file and isinstance(h5file[name], h5py.Dataset):
+            return h5file[name]
+    found: list[Any] = []
+
+    def visit(_name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.ndim == 3 and tuple(obj.shape[1:]) == shape:
+            found.append(obj)
+
+    h5file.visititems(visit)
+    if not found:
+        raise LookupError(f"no dataset of (n, {shape[0]}, {shape[1]}) frames in {h5file.filename}")
+    return found[0]
+
+
+def verify(result: RunResult, path: Path, shape: tuple[int, int], dtype: str) -> None:
+    """Check the file holds every frame and that sampled frames are byte-equal to the source's."""
+    if result.error is not None:
+        return
+    with contextlib.suppress(ImportError):
+        import hdf5plugin  # noqa: F401 - registers bitshuffle/LZ4 if stream-node compresses
+    n = result.frames
+    if result.frames_written != n or result.missing:
+        result.error = f"wrote {result.frames_written} of {n} frames, {result.missing} missing"
+        return
+    detector = SyntheticDetector(shape, dtype, seed=0)
+    rng = np.random.default_rng(12345)
+    sample = sorted({0, 1, n // 2, n - 2, n - 1, *rng.integers(0, n, SAMPLE_RANDOM).tolist()})
+    sample = [i for i in sample if 0 <= i < n]
+    try:
+        with h5py.File(path, "r") as f:
+            dset = _find_frames_dataset(f, n, shape)
+            if dset.shape[0] != n:
+                result.error = f"dataset {dset.name} has {dset.shape[0]} frames, expected {n}"
+                return
+            for i in sample:
+                got = dset[i]
+                want = detector.frame(i)
+                if got.dtype != want.dtype or got.tobytes() != want.tobytes():
+                    result.error = f"frame {i} differs from SyntheticDetector.frame({i})"
+                    return
+    except Exception as exc:
+        result.error = f"verify failed: {type(exc).__name__}: {exc}"
+        return
+    result.verified = True
+    result.notes.append(f"verified {len(sample)} frames byte-equal")
+
+
+# --------------------------------------------------------------------------------------------
+# driver and table
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "—" if not np.isfinite(value) else format(value, spec)
+
+
+def print_table(results: Sequence[RunResult]) -> None:
+    """Markdown table; ratio is stream-node / naive frames/s for the same workers and frames."""
+    naive = {(r.workers, r.frames): r for r in results if r.pipeline == "naive" and r.ok}
+    print("| pipeline | workers | frames | MiB/frame | copies/frame | frames/s | GB/s | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        if r.error is not None:
+            print(
+                f"| {r.pipeline} | {r.workers} | {r.frames} | {r.frame_nbytes / 2**20:.2f} "
+                f"| {r.copies_per_frame} | — | — | — |"
+            )
+            continue
+        base = naive.get((r.workers, r.frames))
+        ratio = r.frames_per_s / base.frames_per_s if base is not None else float("nan")
+        print(
+            f"| {r.pipeline} | {r.workers} | {r.frames} | {r.frame_nbytes / 2**20:.2f} "
+            f"| {r.copies_per_frame} | {_fmt(r.frames_per_s, ',.0f')} "
+            f"| {_fmt(r.gb_per_s, '.2f')} | {_fmt(ratio, '.2f')} |"
+        )
+    print()
+    breakdown = ", ".join(f"{what} {n}" for what, n in NAIVE_COPIES)
+    print(f"naive copies/frame = {NAIVE_COPIES_PER_FRAME}: {breakdown}.")
+    print("stream-node copies/frame: as reported by its summary ('?' when it reports none).")
+    print("GB/s = uncompressed payload, 10^9 B/s; time = first frame sent -> output file closed.")
+    for r in results:
+        status = "ok" if r.ok else f"FAILED: {r.error}"
+        extra = f" ({'; '.join(r.notes)})" if r.notes else ""
+        print(f"- {r.pipeline}, {r.workers} worker(s): {status}{extra}")
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024)."""
+    try:
+        ny, nx = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 512x1024, got {text!r}") from None
+    if ny < 1 or nx < 1:
+        raise argparse.ArgumentTypeError("shape dimensions must be positive")
+    return ny, nx
+
+
+def parse_workers(text: str) -> tuple[int, ...]:
+    """'1,2,3' -> (1, 2, 3)."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        msg = f"workers must look like 2 or 1,2,3, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("worker counts must be >= 1")
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--full", action="store_true", help=f"{FULL_FRAMES} frames with {FULL_WORKERS} workers"
+    )
+    parser.add_argument("--frames", type=int, help=f"frames per run (quick: {QUICK_FRAMES})")
+    parser.add_argument("--shape", type=parse_shape, default=DEFAULT_SHAPE, help="NYxNX")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE)
+    parser.add_argument("--workers", type=parse_workers, help="worker counts, e.g. 1,2,3")
+    parser.add_argument("--only", choices=("naive", "stream-node"), help="run one pipeline only")
+    parser.add_argument("--dir", type=Path, help="where the temporary output directory goes")
+    args = parser.parse_args(argv)
+
+    frames = args.frames or (FULL_FRAMES if args.full else QUICK_FRAMES)
+    if frames < 2:
+        parser.error("--frames must be >= 2")
+    workers_list = args.workers or (FULL_WORKERS if args.full else QUICK_WORKERS)
+    shape: tuple[int, int] = args.shape
+    dtype: str = np.dtype(args.dtype).name
+    pipelines: list[tuple[str, Callable[..., RunResult]]] = [
+        ("naive", run_naive),
+        ("stream-node", run_stream_node),
+    ]
+    if args.only:
+        pipelines = [p for p in pipelines if p[0] == args.only]
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    print(
+        f"# e2e: {frames} frames of {shape[0]}x{shape[1]} {dtype} ({nbytes / 2**20:.2f} MiB), "
+        f"workers {list(workers_list)}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}\n",
+        flush=True,
+    )
+    results: list[RunResult] = []
+    with tempfile.TemporaryDirectory(prefix="stream-node-e2e-", dir=args.dir) as tmp:
+        for workers in workers_list:
+            for name, run in pipelines:
+                path = Path(tmp) / f"{name}-w{workers}.h5"
+                print(f"running {name} with {workers} worker(s)...", file=sys.stderr, flush=True)
+                try:
+                    result = run(path, frames, shape, dtype, workers)
+                except Exception as exc:
+                    result = RunResult(
+                        name, workers, frames, nbytes, error=f"{type(exc).__name__}: {exc}"
+                    )
+                verify(result, path, shape, dtype)
+                results.append(result)
+                path.unlink(missing_ok=True)  # keep disk use to one run's file at a time
+    print_table(results)
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

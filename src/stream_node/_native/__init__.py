@@ -1,0 +1,1 @@
+"""Private compiled core; import the public names from `stream_node`."""

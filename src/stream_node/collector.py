@@ -1,0 +1,228 @@
+"""The collector node: pulls frames from every worker and writes each exactly once into HDF5.
+
+Frames arrive out of order from parallel workers; each is written at its own index as a direct
+chunk, so no reorder buffer is needed. The run ends when every id up to END's last id is in the
+file, or when no new frame has come for `drain_timeout_s` after END: the rest are recorded missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from stream_node.control import ControlLink, Liveness
+from stream_node.errors import ProtocolError, RunAborted, StreamNodeError
+from stream_node.frame import Encoding, FrameHeader, MsgType, dtype_code
+from stream_node.node import DropLedger
+from stream_node.run_writer import RunWriter
+from stream_node.transport import LinkLimits, data_socket, recv_parts
+
+log = logging.getLogger(__name__)
+
+BATCH = 64  # frames taken per wake-up before control is looked at again
+
+
+@dataclass
+class CollectorConfig:
+    control: str
+    input: str
+    path: Path
+    overwrite: bool = False
+    drain_timeout_s: float = 10.0
+    ready_timeout_s: float = 30.0
+    liveness: Liveness = field(default_factory=Liveness)
+    limits: LinkLimits = field(default_factory=LinkLimits)
+    name: str = "collector"
+
+
+class Collector:
+    def __init__(self, config: CollectorConfig, ctx: zmq.Context | None = None) -> None:
+        self.cfg = config
+        self.ctx = ctx or zmq.Context.instance()
+        self.drops = DropLedger(f"collector {config.name}")
+        self.writer: RunWriter | None = None
+        self.end: dict | None = None
+        self.summary: dict[str, Any] = {}
+
+    def run(self) -> dict[str, Any]:
+        """Collect one run; returns the summary also sent to the source in DONE."""
+        cfg = self.cfg
+        link = ControlLink(self.ctx, cfg.control, "collector", cfg.name, cfg.liveness)
+        pull = data_socket(self.ctx, zmq.PULL, cfg.limits)
+        try:
+            pull.bind(cfg.input)
+            start = link.wait_start(cfg.ready_timeout_s)
+            try:
+                self._open(start, link.run_id)
+            except StreamNodeError as exc:
+                link.send(MsgType.ABORT, {"reason": str(exc), "exit_code": int(exc.exit_code)})
+                raise
+            link.send(MsgType.READY, {"path": str(cfg.path)})
+            log.info("collector: run %#x ready, writing %s; %s", link.run_id, cfg.path,
+                     cfg.limits.describe(self._frame_bytes))
+            try:
+                self._collect(link, pull)
+            except (StreamNodeError, KeyboardInterrupt) as exc:
+                self._finish(link, f"run ended early: {exc or type(exc).__name__}", {})
+                raise
+            return self.summary
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            pull.close(linger=0)
+            link.close()
+
+    def _open(self, start: dict, run_id: int) -> None:
+        self._run_id = run_id
+        self._shape = tuple(int(n) for n in start["shape"])
+        self._dtype = np.dtype(start["dtype"])
+        self._dtype_code = dtype_code(self._dtype)
+        self._first = int(start.get("first_frame_id", 0))
+        self._expected = int(start.get("frames", -1))
+        self._frame_bytes = int(np.prod(self._shape)) * self._dtype.itemsize
+        metadata = {"run_id": run_id, "run_id_hex": f"{run_id:#018x}", "start": start}
+        self.writer = RunWriter(self.cfg.path, self._shape, self._dtype, max(self._expected, 0),
+                                self._first, metadata, self.cfg.overwrite)
+
+    def _collect(self, link: ControlLink, pull: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(link.sock, zmq.POLLIN)
+        drained_sent = False
+        last_progress = time.monotonic()
+        while True:
+            events = dict(poller.poll(100))
+            if pull in events and not drained_sent and self._take_frames(pull):
+                last_progress = time.monotonic()
+            msg = link.recv_ready() if link.sock in events else None
+            if msg is not None:
+                if msg.msg_type == MsgType.END:
+                    self.end = msg.body
+                    last_progress = time.monotonic()
+                    log.info("collector: END received: last frame %s, %s frames",
+                             msg.body.get("last_frame_id"), msg.body.get("frame_count"))
+                elif msg.msg_type == MsgType.FINISH:
+                    if not drained_sent:
+                        self._drain_result("source finished the run before all frames came")
+                    self._finish(link, None, msg.body)
+                    return
+                elif msg.msg_type == MsgType.ABORT:
+                    raise RunAborted(f"source aborted the run: {msg.body.get('reason')}")
+            link.tick()
+            if self.end is not None and not drained_sent:
+                complete = self._outstanding() == 0
+                timed_out = time.monotonic() - last_progress > self.cfg.drain_timeout_s
+                if complete or timed_out:
+                    reason = None if complete else (
+                        f"not received within the {self.cfg.drain_timeout_s:.1f} s drain timeout "
+                        "after END (lost in transit or by a worker)")
+                    link.send(MsgType.DRAINED, self._drain_result(reason))
+                    drained_sent = True
+
+    def _take_frames(self, pull: zmq.Socket) -> bool:
+        """Write up to BATCH waiting frames; True if any was new."""
+        progress = False
+        for _ in range(BATCH):
+            try:
+                parts = recv_parts(pull, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            progress |= self._take(parts)
+        return progress
+
+    def _take(self, parts: list[zmq.Frame]) -> bool:
+        if len(parts) != 2:
+            self.drops.drop("malformed", f"{len(parts)} parts, a frame has 2")
+            return False
+        try:
+            header = FrameHeader.parse(parts[0].buffer)
+        except ProtocolError as exc:
+            self.drops.drop("malformed", str(exc))
+            return False
+        if header.run_id != self._run_id:
+            self.drops.drop("foreign", f"run {header.run_id:#x}, this run is {self._run_id:#x}")
+            return False
+        if header.msg_type != MsgType.FRAME:
+            self.drops.drop("unexpected", f"message type {header.msg_type} on the data socket")
+            return False
+        problem = self._check(header, len(parts[1]))
+        if problem:
+            self.drops.drop("invalid", f"frame {header.frame_id}: {problem}")
+            return False
+        index = header.frame_id - self._first
+        assert self.writer is not None
+        return self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender)
+
+    def _check(self, header: FrameHeader, nbytes: int) -> str | None:
+        if header.shape != self._shape or header.dtype_code != self._dtype_code:
+            return (f"shape {header.shape} dtype code {header.dtype_code} differ from the run's "
+                    f"{self._shape} {self._dtype}")
+        if header.encoding != Encoding.RAW:
+            return f"encoding {header.encoding} is not supported by this collector"
+        if nbytes != header.payload_bytes:
+            return f"payload has {nbytes} bytes, header says {header.payload_bytes}"
+        if header.frame_id < self._first or (
+            0 <= self._expected <= header.frame_id - self._first
+        ):
+            return f"id outside the run's ids {self._first}..{self._first + self._expected - 1}"
+        return None
+
+    def _count(self) -> int:
+        """How many frames the run has: END's count, else START's, else what arrived."""
+        if self.end is not None:
+            return int(self.end["last_frame_id"]) - self._first + 1
+        if self._expected >= 0:
+            return self._expected
+        assert self.writer is not None
+        return self.writer.last_index + 1
+
+    def _outstanding(self) -> int:
+        # Writes are unique and checked to lie inside the run, so a count suffices (no scan).
+        assert self.writer is not None
+        return self._count() - self.writer.frames_written
+
+    def _drain_result(self, reason: str | None) -> dict[str, Any]:
+        assert self.writer is not None
+        count = self._count()
+        missing = self.writer.missing_indexes(count)
+        self._missing_reasons = {int(i): reason or "not received" for i in missing}
+        if len(missing):
+            log.warning("collector: %d of %d frames missing: %s", len(missing), count, reason)
+        self.summary = self._counters(count)
+        return self.summary
+
+    def _counters(self, count: int) -> dict[str, Any]:
+        assert self.writer is not None
+        return {
+            "path": str(self.cfg.path),
+            "run_id": self._run_id,
+            "frames_expected": count,
+            "frames_written": self.writer.frames_written,
+            "bytes_written": self.writer.bytes_written,
+            "missing": len(self._missing_reasons),
+            "duplicates": self.writer.duplicates,
+            "dropped": self.drops.as_dict(),
+        }
+
+    def _finish(self, link: ControlLink, early_reason: str | None, final: dict) -> None:
+        """Write the ledger and counters, close the file, and report DONE."""
+        if self.writer is None:
+            return
+        if early_reason is not None:
+            self._drain_result(early_reason)
+        count = self._count()
+        counters = {k: v for k, v in self.summary.items() if k not in ("path", "dropped")}
+        for kind, n in self.drops.as_dict().items():
+            counters[f"dropped_{kind}"] = n
+        self.writer.finalize(count, self._missing_reasons, counters, final)
+        self.writer.close()
+        log.info("collector: %s closed: %d frames written, %d missing", self.cfg.path,
+                 self.writer.frames_written, len(self._missing_reasons))
+        if early_reason is None:
+            link.send(MsgType.DONE, self.summary)

@@ -1,0 +1,66 @@
+"""A complete pipeline on one host: the source here, the collector and workers as real processes."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from stream_node.control import Liveness
+from stream_node.source import RunSummary, Source, SourceConfig
+
+log = logging.getLogger(__name__)
+
+
+def role_command(role: str, *args: str, log_level: str = "WARNING") -> list[str]:
+    """The command line that starts one role as its own process."""
+    return [sys.executable, "-m", "stream_node", "--log-level", log_level, role, *args]
+
+
+def run_local_pipeline(
+    output: str | Path,
+    frames: int = 1000,
+    shape: tuple[int, ...] = (512, 1024),
+    dtype: str = "uint16",
+    workers: int = 2,
+    rate: float = 0.0,
+    seed: int = 0,
+    overwrite: bool = False,
+    log_level: str = "WARNING",
+    liveness: Liveness | None = None,
+    ready_timeout_s: float = 60.0,
+) -> RunSummary:
+    """Run synthetic source -> `workers` worker processes -> collector process -> HDF5 file.
+
+    Links are ipc sockets in a private temporary folder, so several demos can run side by side.
+    Every process started here is ended here, also when the run fails.
+    """
+    liveness = liveness or Liveness()
+    with tempfile.TemporaryDirectory(prefix="sn-") as tmp:
+        control, fanout, fanin = (f"ipc://{tmp}/{n}" for n in ("control", "fanout", "fanin"))
+        timing = ["--peer-timeout", str(liveness.peer_timeout_s),
+                  "--ready-timeout", str(ready_timeout_s)]
+        commands = [role_command("collector", "--control", control, "--input", fanin,
+                                 "--file", str(output), *(["--overwrite"] if overwrite else []),
+                                 *timing, log_level=log_level)]
+        commands += [role_command("worker", "--control", control, "--input", fanout,
+                                  "--output", fanin, "--name", f"w{i}", "--index", str(i),
+                                  *timing, log_level=log_level)
+                     for i in range(workers)]
+        procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL) for cmd in commands]
+        try:
+            source = Source(SourceConfig(
+                control=control, data=fanout, workers=workers, frames=frames, shape=shape,
+                dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
+                liveness=liveness))
+            summary = source.run()
+            for proc in procs:
+                proc.wait(timeout=liveness.peer_timeout_s + 10)
+            return summary
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()

@@ -1,0 +1,245 @@
+"""The source node: holds the run. It waits until every expected peer is ready, sends the frames,
+then ends the run in three steps (END -> collector DRAINED -> FINISH to all, each answering DONE),
+so the file's ledger and every node's counters are final before anyone exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from stream_node import __version__
+from stream_node.control import ControlHub, Inbound, Liveness, Peer
+from stream_node.errors import ExitCode, PeerTimeout, RunAborted, StreamNodeError
+from stream_node.frame import MsgType, frame_header
+from stream_node.synthetic import SyntheticDetector
+from stream_node.transport import LinkLimits, data_socket, send_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceConfig:
+    control: str
+    data: str
+    workers: int = 2
+    frames: int = 1000
+    shape: tuple[int, ...] = (512, 1024)
+    dtype: str = "uint16"
+    seed: int = 0
+    rate: float = 0.0  # frames per second; 0 sends as fast as the pipeline takes them
+    run_id: int | None = None
+    ready_timeout_s: float = 30.0
+    liveness: Liveness = field(default_factory=Liveness)
+    limits: LinkLimits = field(default_factory=LinkLimits)
+
+
+@dataclass
+class RunSummary:
+    """What a run did, as the source saw it and the collector confirmed."""
+
+    run_id: int
+    path: str
+    frames_sent: int
+    frames_written: int
+    missing: int
+    duplicates: int
+    bytes_written: int
+    seconds: float
+    dropped: dict[str, int]
+    workers: dict[str, Any]
+    copies_per_frame: int = 1
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.missing == 0 else ExitCode.FRAMES_MISSING
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames_written / self.seconds if self.seconds else 0.0
+
+    @property
+    def gbytes_per_second(self) -> float:
+        return self.bytes_written / self.seconds / 1e9 if self.seconds else 0.0
+
+    def text(self) -> str:
+        lines = [
+            f"run        {self.run_id:#018x}",
+            f"file       {self.path}",
+            f"frames     {self.frames_written} written of {self.frames_sent} sent",
+            f"missing    {self.missing}",
+            f"duplicates {self.duplicates}",
+            f"bytes      {self.bytes_written / 2**20:.1f} MiB",
+            f"time       {self.seconds:.2f} s",
+            f"rate       {self.frames_per_second:.0f} frames/s, {self.gbytes_per_second:.2f} GB/s",
+        ]
+        dropped = {k: v for k, v in self.dropped.items() if v}
+        lines.append(f"dropped    {dropped or 0}")
+        for name, rep in sorted(self.workers.items()):
+            lines.append(f"worker {name:<4}{rep.get('frames', '?')} frames, "
+                         f"{rep.get('stalls', 0)} stalls, dropped {rep.get('dropped') or 0}")
+        return "\n".join(lines)
+
+
+class Source:
+    def __init__(self, config: SourceConfig, ctx: zmq.Context | None = None) -> None:
+        self.cfg = config
+        self.ctx = ctx or zmq.Context.instance()
+        self.run_id = config.run_id if config.run_id is not None else secrets.randbits(63) | 1
+        self.detector = SyntheticDetector(config.shape, config.dtype, config.seed)
+        self.sent = 0
+        self.stalls = 0
+
+    def start_body(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"shape": list(c.shape), "dtype": str(np.dtype(c.dtype)), "frames": c.frames,
+                "first_frame_id": 0, "source": "synthetic", "seed": c.seed,
+                "rate": c.rate, "workers": c.workers, "software_version": __version__}
+
+    def run(self) -> RunSummary:
+        hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
+                         self.cfg.liveness)
+        data = data_socket(self.ctx, zmq.PUSH, self.cfg.limits)
+        try:
+            data.bind(self.cfg.data)
+            log.info("source: run %#x, %d frames %s %s; %s", self.run_id, self.cfg.frames,
+                     self.cfg.shape, self.cfg.dtype,
+                     self.cfg.limits.describe(self.detector.nbytes))
+            self._wait_ready(hub)
+            t0 = time.monotonic()
+            self._send_all(hub, data)
+            return self._end(hub, t0)
+        except (StreamNodeError, KeyboardInterrupt) as exc:
+            reason = str(exc) or type(exc).__name__
+            hub.broadcast(MsgType.ABORT, {"reason": reason})
+            raise
+        finally:
+            data.close(linger=self.cfg.limits.linger_ms)
+            hub.close()
+
+    # -- start -------------------------------------------------------------------------------
+
+    def _wait_ready(self, hub: ControlHub) -> None:
+        """Frame 0 leaves only when every expected peer said READY (seed Problem 1)."""
+        def ready() -> bool:
+            workers = sum(p.ready for p in hub.peers_of("worker"))
+            collector = any(p.ready for p in hub.peers_of("collector"))
+            return collector and workers >= self.cfg.workers
+
+        self._await(hub, ready, self.cfg.ready_timeout_s, self._missing_peers)
+        log.info("source: %d workers and the collector ready", self.cfg.workers)
+
+    def _missing_peers(self, hub: ControlHub) -> str:
+        workers = [p.name for p in hub.peers_of("worker") if p.ready]
+        collectors = hub.peers_of("collector")
+        col = "ready" if any(p.ready for p in collectors) else (
+            "connected, not ready" if collectors else "never connected")
+        return (f"workers ready {len(workers)}/{self.cfg.workers} ({', '.join(workers) or 'none'})"
+                f", collector {col}")
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def _send_all(self, hub: ControlHub, data: zmq.Socket) -> None:
+        cfg = self.cfg
+        poller = zmq.Poller()
+        poller.register(data, zmq.POLLOUT)
+        poller.register(hub.sock, zmq.POLLIN)
+        t0 = next_check = time.monotonic()
+        for frame_id, frame in self.detector.frames(cfg.frames):
+            if cfg.rate > 0:
+                self._pace(hub, t0 + frame_id / cfg.rate)
+            header = frame_header(frame, self.run_id, frame_id).pack()
+            blocked_since = None
+            while True:
+                events = dict(poller.poll(100))
+                now = time.monotonic()
+                if hub.sock in events or now >= next_check:
+                    self._handle(hub, hub.poll(0))
+                    next_check = now + 0.1
+                if data in events:
+                    break
+                # No worker can take a frame: count the stall, give up once none is alive.
+                blocked_since = blocked_since or time.monotonic()
+                self.stalls += 1
+                self._check_workers(hub, blocked_since)
+            send_frame(data, header, frame)
+            self.sent += 1
+
+    def _pace(self, hub: ControlHub, due: float) -> None:
+        """Wait until `due` while answering control messages (the wait is the rate limit)."""
+        while (left := due - time.monotonic()) > 0:
+            self._handle(hub, hub.poll(int(left * 1000)))
+
+    def _check_workers(self, hub: ControlHub, blocked_since: float) -> None:
+        timeout = self.cfg.liveness.peer_timeout_s
+        if time.monotonic() - blocked_since < timeout:
+            return
+        workers = hub.peers_of("worker")
+        if len(hub.silent("worker")) == len(workers):
+            raise PeerTimeout(f"source: no worker took a frame for {timeout:.1f} s and none is "
+                              f"alive ({len(workers)} known): frames {self.sent}.. not sent")
+
+    def _handle(self, hub: ControlHub, msgs: list[Inbound]) -> None:
+        for msg in msgs:
+            if msg.msg_type == MsgType.ABORT:
+                assert msg.peer is not None
+                exc = RunAborted(f"{msg.peer.role} {msg.peer.name} aborted the run: "
+                                 f"{msg.body.get('reason')}")
+                exc.exit_code = ExitCode(msg.body.get("exit_code", ExitCode.ABORTED))
+                raise exc
+        collector = hub.peers_of("collector")
+        if collector and hub.silent("collector"):
+            raise PeerTimeout(f"source: collector {collector[0].name} silent for more than "
+                              f"{self.cfg.liveness.peer_timeout_s:.1f} s")
+
+    def _await(self, hub: ControlHub, done: Callable[[], bool], timeout_s: float | None,
+               explain: Callable[[ControlHub], str] | None = None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not done():
+            if deadline is not None and time.monotonic() > deadline:
+                what = explain(hub) if explain else "no answer"
+                raise PeerTimeout(f"source: timed out after {timeout_s:.1f} s: {what}")
+            self._handle(hub, hub.poll(100))
+
+    # -- end ---------------------------------------------------------------------------------
+
+    def _end(self, hub: ControlHub, t0: float) -> RunSummary:
+        last = self.sent - 1
+        hub.broadcast(MsgType.END, {"last_frame_id": last, "frame_count": self.sent},
+                      frame_id=max(last, 0))
+        collector = hub.peers_of("collector")[0]
+        # The collector bounds this wait with its drain timeout; its heartbeats keep it alive.
+        self._await(hub, lambda: collector.final is not None, None)
+        collector.final = None
+        workers = [p for p in hub.peers_of("worker") if p.ready]
+        hub.broadcast(MsgType.FINISH, role="worker")
+        timeout = self.cfg.liveness.peer_timeout_s
+        try:
+            self._await(hub, lambda: all(p.final is not None for p in workers), timeout)
+        except PeerTimeout:
+            silent = [p.name for p in workers if p.final is None]
+            log.warning("source: no final report from workers %s", silent)
+        reports = {p.name: p.final or {"error": "no final report"} for p in workers}
+        hub.send(collector, MsgType.FINISH, {"workers": reports, "source": self._report()})
+        self._await(hub, lambda: collector.final is not None, timeout,
+                    lambda _: "collector sent no final report")
+        return self._summary(collector, reports, time.monotonic() - t0)
+
+    def _report(self) -> dict[str, Any]:
+        return {"frames_sent": self.sent, "stalls": self.stalls}
+
+    def _summary(self, collector: Peer, reports: dict, seconds: float) -> RunSummary:
+        c = collector.final or {}
+        return RunSummary(
+            run_id=self.run_id, path=c.get("path", "?"), frames_sent=self.sent,
+            frames_written=c.get("frames_written", 0), missing=c.get("missing", self.sent),
+            duplicates=c.get("duplicates", 0), bytes_written=c.get("bytes_written", 0),
+            seconds=seconds, dropped=c.get("dropped", {}), workers=reports,
+        )

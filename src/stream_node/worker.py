@@ -1,0 +1,142 @@
+"""The worker node: pulls frames from the source, processes them, pushes them to the collector.
+
+A worker keeps no state between frames, so any number of them share the load; it forwards the
+received message buffer itself (zero-copy), only the 96-byte header is rewritten to name it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from stream_node.control import ControlLink, Liveness
+from stream_node.errors import ProtocolError, RunAborted
+from stream_node.frame import FrameHeader, MsgType
+from stream_node.node import DropLedger
+from stream_node.transport import (
+    HandshakeWatch,
+    LinkLimits,
+    connect_all,
+    data_socket,
+    recv_parts,
+    send_frame,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH = 64
+
+
+@dataclass
+class WorkerConfig:
+    control: str
+    inputs: Sequence[str]
+    output: str
+    name: str = "w0"
+    index: int = 0
+    ready_timeout_s: float = 30.0
+    liveness: Liveness = field(default_factory=Liveness)
+    limits: LinkLimits = field(default_factory=LinkLimits)
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, ctx: zmq.Context | None = None) -> None:
+        self.cfg = config
+        self.ctx = ctx or zmq.Context.instance()
+        self.drops = DropLedger(f"worker {config.name}")
+        self.frames = 0
+        self.bytes = 0
+        self.stalls = 0
+
+    def report(self) -> dict[str, Any]:
+        return {"name": self.cfg.name, "frames": self.frames, "bytes": self.bytes,
+                "stalls": self.stalls, "dropped": self.drops.as_dict()}
+
+    def run(self) -> dict[str, Any]:
+        """Serve one run until the source says FINISH; returns this worker's counters."""
+        cfg = self.cfg
+        link = ControlLink(self.ctx, cfg.control, "worker", cfg.name, cfg.liveness)
+        pull = data_socket(self.ctx, zmq.PULL, cfg.limits)
+        push = data_socket(self.ctx, zmq.PUSH, cfg.limits)
+        watch_in, watch_out = HandshakeWatch(pull), HandshakeWatch(push)
+        try:
+            connect_all(pull, cfg.inputs)
+            push.connect(cfg.output)
+            link.wait_start(cfg.ready_timeout_s)
+            watch_in.wait(len(cfg.inputs), cfg.ready_timeout_s, f"the source at {cfg.inputs}")
+            watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}")
+            link.send(MsgType.READY)
+            log.info("worker %s: run %#x ready", cfg.name, link.run_id)
+            self._serve(link, pull, push)
+            return self.report()
+        finally:
+            watch_in.close()
+            watch_out.close()
+            pull.close(linger=0)
+            push.close()
+            link.close()
+
+    def _serve(self, link: ControlLink, pull: zmq.Socket, push: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(link.sock, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll(100))
+            if pull in events:
+                for _ in range(BATCH):
+                    try:
+                        parts = recv_parts(pull, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._forward(link, parts, push)
+            if link.sock in events and self._command(link, link.recv_ready()):
+                return
+            link.tick()
+
+    def _command(self, link: ControlLink, msg: Any) -> bool:
+        """Act on a control message; True when the run is over for this worker."""
+        if msg is None:
+            return False
+        if msg.msg_type == MsgType.FINISH:
+            link.send(MsgType.DONE, self.report())
+            return True
+        if msg.msg_type == MsgType.ABORT:
+            raise RunAborted(f"source aborted the run: {msg.body.get('reason')}")
+        return False
+
+    def _forward(self, link: ControlLink, parts: list[zmq.Frame], push: zmq.Socket) -> None:
+        if len(parts) != 2:
+            self.drops.drop("malformed", f"{len(parts)} parts, a frame has 2")
+            return
+        try:
+            header = FrameHeader.parse(parts[0].buffer)
+        except ProtocolError as exc:
+            self.drops.drop("malformed", str(exc))
+            return
+        if header.run_id != link.run_id:
+            self.drops.drop("foreign", f"run {header.run_id:#x}, this run is {link.run_id:#x}")
+            return
+        if header.msg_type != MsgType.FRAME:
+            self.drops.drop("unexpected", f"message type {header.msg_type} on the data socket")
+            return
+        if len(parts[1]) != header.payload_bytes:
+            self.drops.drop("invalid", f"frame {header.frame_id}: payload has {len(parts[1])} "
+                            f"bytes, header says {header.payload_bytes}")
+            return
+        header.sender = self.cfg.index
+        self._send(link, push, header.pack(), parts[1])
+        self.frames += 1
+        self.bytes += header.payload_bytes
+
+    def _send(self, link: ControlLink, push: zmq.Socket, header: bytes, payload: zmq.Frame) -> None:
+        """Send, waiting for the collector's pipe while still hearing the source (backpressure)."""
+        while not push.poll(100, zmq.POLLOUT):
+            self.stalls += 1
+            link.tick()
+            if link.sock.poll(0) and self._command(link, link.recv_ready()):
+                raise RunAborted("run finished while a frame waited for the collector")
+        send_frame(push, header, payload)
