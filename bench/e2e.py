@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import shutil
 import sys
 import tempfile
 import time
@@ -62,16 +64,16 @@ SAMPLE_RANDOM = 4
 
 # Copies of a whole frame per frame in the naive pipeline, whatever W is (each frame crosses
 # exactly one worker). Generating the frame (SyntheticDetector.frame) is not counted, as it is the
-# same for both pipelines. Kernel copies are counted because shared memory avoids them: a tcp hop
+# same for both pipelines. Kernel copies are counted because shared memory avoids them: a socket hop
 # costs one copy into the socket buffer and one out of it (libzmq reads large messages straight
 # into the message buffer, so it adds none), and the HDF5 file write costs one into the page cache.
 NAIVE_COPIES: tuple[tuple[str, int], ...] = (
     ("source: frame.tobytes()", 1),
     ("source: send copy=True (bytes -> zmq msg)", 1),
-    ("hop 1: tcp kernel copy in + out", 2),
+    ("hop 1: socket kernel copy in + out", 2),
     ("worker: recv copy=True (zmq msg -> bytes)", 1),
     ("worker: send copy=True (array -> zmq msg)", 1),
-    ("hop 2: tcp kernel copy in + out", 2),
+    ("hop 2: socket kernel copy in + out", 2),
     ("collector: recv copy=True (zmq msg -> bytes)", 1),
     ("collector: dset[i] = frame (into HDF5 chunk cache)", 1),
     ("collector: HDF5 write() into the page cache", 1),
@@ -151,9 +153,18 @@ def run_stream_node(
 # --------------------------------------------------------------------------------------------
 # Topology: collector binds PULL; each worker binds its own PULL and connects PUSH to the
 # collector; the source connects PUSH to every worker. Every connect happens after the peer has
-# bound (the ports travel through a queue), and a connecting PUSH gets its pipe at connect(), so
-# frames queue instead of being lost or all going to the first worker whose tcp connection is
-# up: that ordering is the ready handshake, with no sleeps.
+# bound (the endpoints travel through a queue), and a connecting PUSH gets its pipe at connect(),
+# so frames queue instead of being lost or all going to the first worker whose connection is up:
+# that ordering is the ready handshake, with no sleeps.
+
+
+def _bind(sock: zmq.Socket, transport: str, ipc_dir: str, name: str) -> str:
+    """Bind to a free tcp port on loopback, or to an ipc path; the endpoint peers connect to."""
+    if transport == "tcp":
+        return f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
+    endpoint = f"ipc://{ipc_dir}/{name}"
+    sock.bind(endpoint)
+    return endpoint
 
 
 def _naive_collector(
@@ -161,6 +172,7 @@ def _naive_collector(
     frames: int,
     shape: tuple[int, int],
     dtype: str,
+    transport: str,
     ports: Any,
     results: Any,
 ) -> None:
@@ -169,12 +181,12 @@ def _naive_collector(
     sock = ctx.socket(zmq.PULL)
     sock.linger = 0
     try:
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        endpoint = _bind(sock, transport, str(Path(path).parent), "collector")
         seen = np.zeros(frames, dtype=bool)
         received = 0
         with h5py.File(path, "w") as f:
             dset = f.create_dataset("data", shape=(frames, *shape), dtype=dtype, chunks=(1, *shape))
-            ports.put(("collector", port))
+            ports.put(("collector", endpoint))
             while received < frames:
                 if not sock.poll(int(IDLE_TIMEOUT_S * 1000)):
                     break
@@ -195,7 +207,14 @@ def _naive_collector(
 
 
 def _naive_worker(
-    collector_port: int, shape: tuple[int, int], dtype: str, ports: Any, stop: Any
+    collector: str,
+    shape: tuple[int, int],
+    dtype: str,
+    transport: str,
+    ipc_dir: str,
+    index: int,
+    ports: Any,
+    stop: Any,
 ) -> None:
     """Forward frames PULL -> PUSH with copy=True: the hop a real pipeline's kernels sit in."""
     ctx = zmq.Context()
@@ -204,9 +223,9 @@ def _naive_worker(
     pull.linger = 0
     push.linger = int(JOIN_TIMEOUT_S * 1000)
     try:
-        port = pull.bind_to_random_port("tcp://127.0.0.1")
-        push.connect(f"tcp://127.0.0.1:{collector_port}")
-        ports.put(("worker", port))
+        endpoint = _bind(pull, transport, ipc_dir, f"worker-{index}")
+        push.connect(collector)
+        ports.put(("worker", endpoint))
         # PUSH round-robin cannot broadcast an end marker, so the parent says stop by event.
         while not stop.is_set():
             if not pull.poll(100):
@@ -221,7 +240,7 @@ def _naive_worker(
 
 
 def _naive_source(
-    worker_ports: list[int],
+    worker_endpoints: list[str],
     frames: int,
     shape: tuple[int, int],
     dtype: str,
@@ -233,8 +252,8 @@ def _naive_source(
     push = ctx.socket(zmq.PUSH)
     push.linger = int(IDLE_TIMEOUT_S * 1000)  # let queued frames drain before exit, but bounded
     try:
-        for port in worker_ports:
-            push.connect(f"tcp://127.0.0.1:{port}")
+        for endpoint in worker_endpoints:
+            push.connect(endpoint)
         started = time.monotonic()
         for frame_id in range(frames):
             frame = detector.frame(frame_id)
@@ -262,13 +281,20 @@ def _expect(queue: Any, kinds: set[str], timeout: float) -> tuple[Any, ...]:
 
 
 def run_naive(
-    output: Path, frames: int, shape: tuple[int, int], dtype: str, workers: int
+    output: Path,
+    frames: int,
+    shape: tuple[int, int],
+    dtype: str,
+    workers: int,
+    transport: str = "tcp",
 ) -> RunResult:
     """Run the hand-written pipeline; every process started here is joined or killed on exit."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    result = RunResult(
-        "naive", workers, frames, nbytes, copies_per_frame=str(NAIVE_COPIES_PER_FRAME)
-    )
+    user = sum(n for what, n in NAIVE_COPIES if "kernel" not in what and "page cache" not in what)
+    copies = f"{user} + {NAIVE_COPIES_PER_FRAME - user} kernel"
+    name = "naive" if transport == "tcp" else f"naive-{transport}"
+    result = RunResult(name, workers, frames, nbytes, copies_per_frame=copies)
+    ipc_dir = str(output.parent)
     # spawn, not fork: stream-node's run in this same parent may leave zmq/io threads behind.
     ctx: SpawnContext = mp.get_context("spawn")
     ports = ctx.Queue()
@@ -288,17 +314,17 @@ def run_naive(
             frames,
             shape,
             dtype,
+            transport,
             ports,
             results,
             name="naive-collector",
         )
-        collector_port = _expect(ports, {"collector"}, STARTUP_TIMEOUT_S)[1]
+        collector = _expect(ports, {"collector"}, STARTUP_TIMEOUT_S)[1]
         for i in range(workers):
-            start(
-                _naive_worker, collector_port, shape, dtype, ports, stop, name=f"naive-worker-{i}"
-            )
-        worker_ports = [_expect(ports, {"worker"}, STARTUP_TIMEOUT_S)[1] for _ in range(workers)]
-        start(_naive_source, worker_ports, frames, shape, dtype, results, name="naive-source")
+            args = (collector, shape, dtype, transport, ipc_dir, i, ports, stop)
+            start(_naive_worker, *args, name=f"naive-worker-{i}")
+        endpoints = [_expect(ports, {"worker"}, STARTUP_TIMEOUT_S)[1] for _ in range(workers)]
+        start(_naive_source, endpoints, frames, shape, dtype, results, name="naive-source")
 
         # The source reports when it finished sending, the collector when its file is closed;
         # either may come first. time.monotonic is one system-wide clock on Linux.
@@ -375,6 +401,12 @@ def verify(result: RunResult, path: Path, shape: tuple[int, int], dtype: str) ->
             if dset.shape[0] != n:
                 result.error = f"dataset {dset.name} has {dset.shape[0]} frames, expected {n}"
                 return
+            # One chunk per frame: a frame never written leaves no chunk (reads as fill value).
+            if dset.chunks is not None and dset.chunks[0] == 1 and not dset.is_virtual:
+                chunks = dset.id.get_num_chunks()
+                if chunks != n:
+                    result.error = f"dataset {dset.name} holds {chunks} chunks, expected {n}"
+                    return
             for i in sample:
                 got = dset[i]
                 want = detector.frame(i)
@@ -393,13 +425,28 @@ def verify(result: RunResult, path: Path, shape: tuple[int, int], dtype: str) ->
 # --------------------------------------------------------------------------------------------
 
 
+def median_run(runs: Sequence[RunResult]) -> RunResult:
+    """The median run by time, noting the spread; any failed run makes the row fail."""
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r.seconds)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    if len(runs) > 1:
+        rates = [r.frames_per_s for r in ordered]
+        chosen.notes.append(
+            f"median of {len(runs)} runs, {min(rates):,.0f}-{max(rates):,.0f} frames/s"
+        )
+    return chosen
+
+
 def _fmt(value: float, spec: str) -> str:
     return "—" if not np.isfinite(value) else format(value, spec)
 
 
-def print_table(results: Sequence[RunResult]) -> None:
-    """Markdown table; ratio is stream-node / naive frames/s for the same workers and frames."""
-    naive = {(r.workers, r.frames): r for r in results if r.pipeline == "naive" and r.ok}
+def print_table(results: Sequence[RunResult], baseline: str = "naive") -> None:
+    """Markdown table; ratio is this row's frames/s over the baseline's, same workers and frames."""
+    naive = {(r.workers, r.frames): r for r in results if r.pipeline == baseline and r.ok}
     print("| pipeline | workers | frames | MiB/frame | copies/frame | frames/s | GB/s | ratio |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
@@ -420,6 +467,7 @@ def print_table(results: Sequence[RunResult]) -> None:
     breakdown = ", ".join(f"{what} {n}" for what, n in NAIVE_COPIES)
     print(f"naive copies/frame = {NAIVE_COPIES_PER_FRAME}: {breakdown}.")
     print("stream-node copies/frame: as reported by its summary ('?' when it reports none).")
+    print(f"ratio = frames/s of the row / frames/s of {baseline} with the same workers.")
     print("GB/s = uncompressed payload, 10^9 B/s; time = first frame sent -> output file closed.")
     for r in results:
         status = "ok" if r.ok else f"FAILED: {r.error}"
@@ -460,44 +508,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default=DEFAULT_DTYPE)
     parser.add_argument("--workers", type=parse_workers, help="worker counts, e.g. 1,2,3")
     parser.add_argument("--only", choices=("naive", "stream-node"), help="run one pipeline only")
+    parser.add_argument(
+        "--naive-transport",
+        choices=("tcp", "ipc", "both"),
+        default="tcp",
+        help="links of the naive pipeline (tcp as a user would; ipc to match stream-node's demo)",
+    )
     parser.add_argument("--dir", type=Path, help="where the temporary output directory goes")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per row, interleaved; the median is shown"
+    )
     args = parser.parse_args(argv)
 
     frames = args.frames or (FULL_FRAMES if args.full else QUICK_FRAMES)
     if frames < 2:
         parser.error("--frames must be >= 2")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
     workers_list = args.workers or (FULL_WORKERS if args.full else QUICK_WORKERS)
     shape: tuple[int, int] = args.shape
     dtype: str = np.dtype(args.dtype).name
-    pipelines: list[tuple[str, Callable[..., RunResult]]] = [
-        ("naive", run_naive),
-        ("stream-node", run_stream_node),
-    ]
-    if args.only:
-        pipelines = [p for p in pipelines if p[0] == args.only]
+    transports = ("tcp", "ipc") if args.naive_transport == "both" else (args.naive_transport,)
+    pipelines: list[tuple[str, Callable[..., RunResult]]] = []
+    if args.only != "stream-node":
+        pipelines += [
+            ("naive" if t == "tcp" else f"naive-{t}", functools.partial(run_naive, transport=t))
+            for t in transports
+        ]
+    if args.only != "naive":
+        pipelines.append(("stream-node", run_stream_node))
 
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     print(
         f"# e2e: {frames} frames of {shape[0]}x{shape[1]} {dtype} ({nbytes / 2**20:.2f} MiB), "
-        f"workers {list(workers_list)}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}\n",
+        f"workers {list(workers_list)}, {os.cpu_count()} CPUs, "
+        # Other work on a small host skews every figure; the load average makes that visible.
+        f"load {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}\n",
         flush=True,
     )
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="stream-node-e2e-", dir=args.dir) as tmp:
         for workers in workers_list:
-            for name, run in pipelines:
-                path = Path(tmp) / f"{name}-w{workers}.h5"
-                print(f"running {name} with {workers} worker(s)...", file=sys.stderr, flush=True)
-                try:
-                    result = run(path, frames, shape, dtype, workers)
-                except Exception as exc:
-                    result = RunResult(
-                        name, workers, frames, nbytes, error=f"{type(exc).__name__}: {exc}"
+            runs: dict[str, list[RunResult]] = {name: [] for name, _ in pipelines}
+            # Interleaved (naive, stream-node, naive, ...) so drift on a shared host hits both.
+            for rep in range(args.repeat):
+                for name, run in pipelines:
+                    run_dir = Path(tmp) / f"{name}-w{workers}-r{rep}"
+                    run_dir.mkdir()
+                    path = run_dir / "run.h5"
+                    print(
+                        f"running {name} with {workers} worker(s), run {rep + 1}/{args.repeat}",
+                        file=sys.stderr,
+                        flush=True,
                     )
-                verify(result, path, shape, dtype)
-                results.append(result)
-                path.unlink(missing_ok=True)  # keep disk use to one run's file at a time
-    print_table(results)
+                    try:
+                        result = run(path, frames, shape, dtype, workers)
+                    except Exception as exc:
+                        msg = f"{type(exc).__name__}: {exc}"
+                        result = RunResult(name, workers, frames, nbytes, error=msg)
+                    verify(result, path, shape, dtype)
+                    runs[name].append(result)
+                    shutil.rmtree(run_dir)  # disk holds one run's output at a time
+            results.extend(median_run(r) for r in runs.values())
+    print_table(results, baseline=pipelines[0][0])
     return 0 if all(r.ok for r in results) else 1
 
 

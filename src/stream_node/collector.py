@@ -21,7 +21,7 @@ from stream_node.errors import ProtocolError, RunAborted, StreamNodeError
 from stream_node.frame import Encoding, FrameHeader, MsgType, dtype_code
 from stream_node.node import DropLedger
 from stream_node.run_writer import RunWriter
-from stream_node.transport import LinkLimits, data_socket, recv_parts
+from stream_node.transport import LinkLimits, bind, data_socket, recv_parts
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Collector:
         link = ControlLink(self.ctx, cfg.control, "collector", cfg.name, cfg.liveness)
         pull = data_socket(self.ctx, zmq.PULL, cfg.limits)
         try:
-            pull.bind(cfg.input)
+            bind(pull, cfg.input, "input")
             start = link.wait_start(cfg.ready_timeout_s)
             try:
                 self._open(start, link.run_id)

@@ -18,6 +18,7 @@ import zmq
 
 from stream_node.errors import PeerTimeout, ProtocolError
 from stream_node.frame import FrameHeader, MsgType, control_message, decode_body
+from stream_node.transport import bind, connect
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,11 @@ class ControlHub:
         # A send to a peer that is gone raises instead of vanishing silently.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.bind(self.endpoint)
+        try:
+            bind(self.sock, self.endpoint, "control")
+        except Exception:
+            self.sock.close(linger=0)
+            raise
         self._next_beat = 0.0
 
     def close(self) -> None:
@@ -178,7 +183,11 @@ class ControlLink:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, f"{role}:{name}:{os.getpid()}".encode())
         self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.connect(endpoint)
+        try:
+            connect(self.sock, endpoint, "source's control")
+        except Exception:
+            self.sock.close(linger=0)
+            raise
         self._last_heard = time.monotonic()
         self._next_beat = 0.0
         self.send(MsgType.HELLO, {"role": role, "name": name, "pid": os.getpid()})

@@ -20,7 +20,7 @@ from stream_node.control import ControlHub, Inbound, Liveness, Peer
 from stream_node.errors import ExitCode, PeerTimeout, RunAborted, StreamNodeError
 from stream_node.frame import MsgType, frame_header
 from stream_node.synthetic import SyntheticDetector
-from stream_node.transport import LinkLimits, data_socket, send_frame
+from stream_node.transport import LinkLimits, bind, data_socket, send_frame
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Source:
                          self.cfg.liveness)
         data = data_socket(self.ctx, zmq.PUSH, self.cfg.limits)
         try:
-            data.bind(self.cfg.data)
+            bind(data, self.cfg.data, "data")
             log.info("source: run %#x, %d frames %s %s; %s", self.run_id, self.cfg.frames,
                      self.cfg.shape, self.cfg.dtype,
                      self.cfg.limits.describe(self.detector.nbytes))

@@ -7,14 +7,14 @@ liveness settings; nothing else in the package calls `setsockopt` on a data sock
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from stream_node.errors import PeerTimeout
+from stream_node.errors import ConfigError, PeerTimeout
 
 # Below this size pyzmq's own copy is cheaper than the bookkeeping of a zero-copy send.
 ZERO_COPY_THRESHOLD = 65536
@@ -91,23 +91,41 @@ class HandshakeWatch:
         self._sock = sock
         self.connected = 0
 
-    def wait(self, expected: int, timeout_s: float, what: str) -> None:
+    def wait(self, expected: int, timeout_s: float, what: str,
+             meanwhile: Callable[[], None] | None = None) -> None:
+        """Block until `expected` handshakes; `meanwhile` runs every 100 ms (it may raise)."""
         deadline = time.monotonic() + timeout_s
         while self.connected < expected:
             left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not self._monitor.poll(left_ms):
+            if left_ms <= 0:
                 raise PeerTimeout(
                     f"no connection to {what} after {timeout_s:.1f} s "
                     f"({self.connected}/{expected} up): is it running and reachable?"
                 )
-            recv_monitor_message(self._monitor)
-            self.connected += 1
+            if self._monitor.poll(min(left_ms, 100)):
+                recv_monitor_message(self._monitor)
+                self.connected += 1
+            elif meanwhile is not None:
+                meanwhile()
 
     def close(self) -> None:
         self._sock.disable_monitor()
         self._monitor.close(linger=0)
 
 
-def connect_all(sock: zmq.Socket, endpoints: Sequence[str]) -> None:
-    for endpoint in endpoints:
-        sock.connect(endpoint)
+def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
+    """Bind, turning ZeroMQ's terse errors into a ConfigError that names the endpoint's role."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"cannot bind the {what} endpoint {endpoint!r}: {exc.strerror} "
+                          "(expected tcp://HOST:PORT or ipc://PATH, not in use)") from None
+
+
+def connect(sock: zmq.Socket, endpoints: str | Sequence[str], what: str) -> None:
+    for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot connect to the {what} endpoint {endpoint!r}: "
+                              f"{exc.strerror} (expected tcp://HOST:PORT or ipc://PATH)") from None

@@ -20,7 +20,7 @@ from stream_node.node import DropLedger
 from stream_node.transport import (
     HandshakeWatch,
     LinkLimits,
-    connect_all,
+    connect,
     data_socket,
     recv_parts,
     send_frame,
@@ -64,11 +64,16 @@ class Worker:
         push = data_socket(self.ctx, zmq.PUSH, cfg.limits)
         watch_in, watch_out = HandshakeWatch(pull), HandshakeWatch(push)
         try:
-            connect_all(pull, cfg.inputs)
-            push.connect(cfg.output)
+            connect(pull, cfg.inputs, "input")
+            connect(push, cfg.output, "collector's input")
             link.wait_start(cfg.ready_timeout_s)
-            watch_in.wait(len(cfg.inputs), cfg.ready_timeout_s, f"the source at {cfg.inputs}")
-            watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}")
+            def listen() -> None:  # an ABORT (e.g. the collector refused the run) ends the wait
+                if link.sock.poll(0) and self._command(link, link.recv_ready()):
+                    raise RunAborted("the run finished before this worker was ready")
+
+            watch_in.wait(len(cfg.inputs), cfg.ready_timeout_s, f"the source at {cfg.inputs}",
+                          listen)
+            watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}", listen)
             link.send(MsgType.READY)
             log.info("worker %s: run %#x ready", cfg.name, link.run_id)
             self._serve(link, pull, push)

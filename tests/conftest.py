@@ -1,0 +1,64 @@
+"""Fixtures that start real processes and always end them, and endpoints that never collide."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+
+def free_tcp_endpoint() -> str:
+    """A loopback endpoint on a port the kernel just handed out (nothing else is bound to it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+class Endpoints:
+    def __init__(self, tmp_path, transport: str) -> None:
+        self.tmp_path = tmp_path
+        self.transport = transport
+
+    def __call__(self, name: str) -> str:
+        if self.transport == "tcp":
+            return free_tcp_endpoint()
+        return f"ipc://{self.tmp_path}/{name}"
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def endpoints(request, tmp_path) -> Endpoints:
+    return Endpoints(tmp_path, request.param)
+
+
+@pytest.fixture
+def ipc(tmp_path) -> Endpoints:
+    return Endpoints(tmp_path, "ipc")
+
+
+@pytest.fixture
+def node() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start `python -m stream_node ARGS...` as a real process; every one is killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_node", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
+    """Wait for a node to exit by itself; its output for the assertion message."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
