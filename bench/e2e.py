@@ -175,8 +175,10 @@ def _naive_collector(
     transport: str,
     ports: Any,
     results: Any,
+    stop: Any,
 ) -> None:
-    """PULL every frame and write it at its index; stop after `frames` frames or when idle."""
+    """PULL every frame and write it at its index; stop after `frames` frames, when idle too long
+    (frames were lost: the shortfall is reported as missing) or when the parent gives up."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.linger = 0
@@ -187,9 +189,13 @@ def _naive_collector(
         with h5py.File(path, "w") as f:
             dset = f.create_dataset("data", shape=(frames, *shape), dtype=dtype, chunks=(1, *shape))
             ports.put(("collector", endpoint))
-            while received < frames:
-                if not sock.poll(int(IDLE_TIMEOUT_S * 1000)):
-                    break
+            last = time.monotonic()
+            while received < frames and not stop.is_set():
+                if not sock.poll(100):
+                    if time.monotonic() - last > IDLE_TIMEOUT_S:
+                        break
+                    continue
+                last = time.monotonic()
                 id_bytes, payload = sock.recv_multipart(copy=True)
                 frame_id = int.from_bytes(id_bytes, "little")
                 dset[frame_id] = np.frombuffer(payload, dtype=dtype).reshape(shape)
@@ -247,11 +253,11 @@ def _naive_source(
     results: Any,
 ) -> None:
     """Generate frames and PUSH them round-robin to the workers; report when the first was sent."""
-    detector = SyntheticDetector(shape, dtype, seed=0)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.linger = int(IDLE_TIMEOUT_S * 1000)  # let queued frames drain before exit, but bounded
     try:
+        detector = SyntheticDetector(shape, dtype, seed=0)
         for endpoint in worker_endpoints:
             push.connect(endpoint)
         started = time.monotonic()
@@ -267,14 +273,27 @@ def _naive_source(
         ctx.term()
 
 
-def _expect(queue: Any, kinds: set[str], timeout: float) -> tuple[Any, ...]:
-    """Next message of one of `kinds`; a child's traceback or a timeout raises here instead."""
-    try:
-        message = queue.get(timeout=timeout)
-    except queue_mod.Empty:
-        raise TimeoutError(f"no {sorted(kinds)} message within {timeout:.0f} s") from None
-    if message[0].endswith("-error"):
-        raise RuntimeError(f"{message[0]}:\n{message[1]}")
+def _expect(
+    queue: Any, kinds: set[str], timeout: float, procs: Sequence[SpawnProcess]
+) -> tuple[Any, ...]:
+    """Next message of one of `kinds`; a child's traceback, death or a timeout raises instead.
+
+    Waits in short slices so a child that died without reporting (killed, or failed before its
+    error handler) fails the run at once instead of after the whole timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = queue.get(timeout=0.2)
+            break
+        except queue_mod.Empty:
+            dead = [p for p in procs if p.exitcode not in (0, None)]
+            if dead:
+                raise RuntimeError(f"{dead[0].name} died, exit code {dead[0].exitcode}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {sorted(kinds)} message within {timeout:.0f} s") from None
+    if message[0].endswith("-error"):  # the full traceback is on stderr already
+        raise RuntimeError(f"{message[0]}: {message[1].strip().splitlines()[-1]}")
     if message[0] not in kinds:
         raise RuntimeError(f"expected {sorted(kinds)}, got {message[0]!r}")
     return message
@@ -317,13 +336,16 @@ def run_naive(
             transport,
             ports,
             results,
+            stop,
             name="naive-collector",
         )
-        collector = _expect(ports, {"collector"}, STARTUP_TIMEOUT_S)[1]
+        collector = _expect(ports, {"collector"}, STARTUP_TIMEOUT_S, procs)[1]
         for i in range(workers):
             args = (collector, shape, dtype, transport, ipc_dir, i, ports, stop)
             start(_naive_worker, *args, name=f"naive-worker-{i}")
-        endpoints = [_expect(ports, {"worker"}, STARTUP_TIMEOUT_S)[1] for _ in range(workers)]
+        endpoints = [
+            _expect(ports, {"worker"}, STARTUP_TIMEOUT_S, procs)[1] for _ in range(workers)
+        ]
         start(_naive_source, endpoints, frames, shape, dtype, results, name="naive-source")
 
         # The source reports when it finished sending, the collector when its file is closed;
@@ -331,7 +353,7 @@ def run_naive(
         budget = STARTUP_TIMEOUT_S + IDLE_TIMEOUT_S + frames * 0.1
         messages = {}
         for _ in range(2):
-            msg = _expect(results, {"source", "collector"}, budget)
+            msg = _expect(results, {"source", "collector"}, budget, procs)
             messages[msg[0]] = msg
         started = messages["source"][1]
         _, received, missing, closed = messages["collector"]

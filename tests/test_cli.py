@@ -55,6 +55,7 @@ def test_demo_command_prints_summary_and_exits_0(tmp_path):
 
 
 def test_version_is_importable_outside_the_tree(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", "import stream_node; print(stream_node.__version__)"],
+    code = "import stream_node; print(stream_node.__version__)"
+    proc = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "0.1.0"

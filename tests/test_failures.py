@@ -1,4 +1,4 @@
-"""Bad input, missing and dead peers: each ends in a clear message and an exit code, never a hang."""
+"""Bad input, missing and dead peers: each ends in a clear message and an exit code, no hang."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import h5py
 import numpy as np
 import pytest
 import zmq
-from conftest import finish
-from test_pipeline import assert_ledger, start_roles
 
+from conftest import finish
 from stream_node import ExitCode, FrameHeader, MsgType, SyntheticDetector, frame_header, read_run
 from stream_node.control import ControlHub, Liveness
+from test_pipeline import assert_ledger, start_roles
 
 
 @pytest.mark.timeout(60)
@@ -84,7 +84,7 @@ def test_malformed_messages_to_a_worker_are_counted_and_good_frames_arrive(node,
     rogue.bind(rogue_endpoint)
     path = tmp_path / "run.h5"
     try:
-        source, collector, procs = start_roles(
+        source, _collector, _procs = start_roles(
             node, ipc, path, 1, frames=200, extra_worker=("--input", rogue_endpoint))
         foreign = frame_header(np.zeros((128, 256), np.uint16), run_id=12345, frame_id=3)
         junk = [[b"garbage"], [b"\x00" * 96, b"x"], [b"SNFR" + b"\x00" * 92, b""],

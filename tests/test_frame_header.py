@@ -39,7 +39,7 @@ def test_random_bytes_raise_protocol_error_or_parse_never_crash(data):
 def test_header_is_little_endian_at_documented_offsets():
     wire = FrameHeader(MsgType.FRAME, run_id=0x1122, frame_id=7, shape=(3, 5), dtype_code=2,
                        timestamp_ns=99, sender=4).pack()
-    magic, version, hsize, mtype, dt, enc, ndim = struct.unpack_from("<IHHBBBB", wire)
+    _magic, version, hsize, mtype, dt, enc, ndim = struct.unpack_from("<IHHBBBB", wire)
     assert wire[:4] == b"SNFR" and version == 1 and hsize == 96
     assert (mtype, dt, enc, ndim) == (MsgType.FRAME, 2, 0, 2)
     assert struct.unpack_from("<QQ4I", wire, 16) == (0x1122, 7, 3, 5, 0, 0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import finish
 
+from conftest import finish
 from stream_node import ExitCode, SyntheticDetector, read_run, run_local_pipeline
 
 SHAPE = "128x256"
@@ -61,7 +61,7 @@ def test_every_frame_written_once_byte_equal(node, endpoints, tmp_path, workers)
 @pytest.mark.parametrize("dtype", ["uint32", "float32"])
 def test_other_dtypes_travel_bit_exact(node, ipc, tmp_path, dtype):
     path = tmp_path / "run.h5"
-    source, collector, procs = start_roles(node, ipc, path, 2, frames=50, dtype=dtype)
+    source, _collector, _procs = start_roles(node, ipc, path, 2, frames=50, dtype=dtype)
     code, _, err = finish(source)
     assert code == ExitCode.OK, err
     run = read_run(path)

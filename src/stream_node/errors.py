@@ -54,3 +54,21 @@ class StorageError(StreamNodeError, OSError):
     """Writing the output failed; frames written before the failure stay readable."""
 
     exit_code = ExitCode.IO
+
+
+class RingError(StreamNodeError):
+    """A shared-memory ring operation failed; `code` is the native SN_RING_E* value."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RingTimeout(RingError, TimeoutError):
+    """Nothing arrived (or no slot freed) within the timeout."""
+
+    exit_code = ExitCode.PEER_TIMEOUT
+
+
+class EndOfStream(RingError):
+    """The producer closed the ring or died, and every frame it published has been consumed."""

@@ -1,0 +1,348 @@
+"""The shared-memory ring with real processes: exactly-once delivery, groups, crashes, errors."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from stream_node import SyntheticDetector, stamped_id
+from stream_node.errors import EndOfStream, RingError, RingTimeout
+from stream_node.ring import Ring
+
+ctx = mp.get_context("fork")
+SHAPE = (16, 32)
+
+
+@pytest.fixture
+def name(request) -> str:
+    ring = f"t{os.getpid()}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    yield ring
+    Ring.unlink(ring)
+
+
+@pytest.fixture
+def children():
+    procs: list[mp.Process] = []
+    yield procs
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(10)
+
+
+def produce(ring: Ring, count: int, first: int = 0) -> None:
+    det = SyntheticDetector(SHAPE, "uint16")
+    for frame_id in range(first, first + count):
+        ring.write(det.frame(frame_id), run_id=7, frame_id=frame_id, timeout=10)
+
+
+def consume_ids(name: str, group: str, out: mp.Queue, batch: int = 4) -> None:
+    """Child: take frames until end of stream, check each in place, report the ids."""
+    det = SyntheticDetector(SHAPE, "uint16")
+    consumer = Ring.attach(name).consumer(group)
+    ids = []
+    try:
+        while True:
+            frames = consumer.acquire(timeout=20, max_frames=batch)
+            for f in frames:
+                assert f.data.tobytes() == det.frame(f.frame_id).tobytes()
+                ids.append(f.frame_id)
+            consumer.release(frames)
+    except EndOfStream as exc:
+        out.put((ids, str(exc)))
+
+
+@pytest.mark.timeout(60)
+def test_work_group_hands_each_frame_to_exactly_one_member(name, children):
+    ring = Ring.create(name, slots=4, slot_bytes=4096)
+    out = ctx.Queue()
+    children += [ctx.Process(target=consume_ids, args=(name, "workers", out)) for _ in range(3)]
+    for p in children:
+        p.start()
+    produce(ring, 2000)
+    ring.end()
+    results = [out.get(timeout=30) for _ in children]
+    ids = [i for got, _ in results for i in got]
+    assert sorted(ids) == list(range(2000))  # every frame once, none twice
+    assert all(got == sorted(got) for got, _ in results)  # each member sees them in order
+    assert all("closed" in reason for _, reason in results)
+    stats = ring.stats()
+    assert stats["published"] == stats["consumed"][0] == 2000 and stats["occupancy"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_every_group_sees_every_frame(name, children):
+    ring = Ring.create(name, slots=8, slot_bytes=4096, groups={"a": "work", "b": "work"})
+    out = ctx.Queue()
+    children += [ctx.Process(target=consume_ids, args=(name, g, out)) for g in ("a", "b")]
+    for p in children:
+        p.start()
+    produce(ring, 500)
+    ring.end()
+    for _ in children:
+        ids, _ = out.get(timeout=30)
+        assert ids == list(range(500))
+
+
+@pytest.mark.timeout(60)
+def test_frames_published_before_any_consumer_attached_are_kept(name):
+    """The start-up loss other IPC libraries show cannot happen: groups exist from creation."""
+    ring = Ring.create(name, slots=16, slot_bytes=4096)
+    produce(ring, 16)  # the ring is now full and nobody has attached yet
+    with pytest.raises(RingTimeout):
+        ring.claim(timeout=0.05)  # backpressure: the producer waits, it does not overwrite
+    consumer = Ring.attach(name).consumer("workers")
+    ids = []
+    for _ in range(16):
+        [frame] = consumer.acquire(timeout=1)
+        ids.append(stamped_id(frame.data))
+        consumer.release(frame)
+    assert ids == list(range(16))
+
+
+@pytest.mark.timeout(60)
+def test_latest_group_never_blocks_the_producer_and_counts_skips(name):
+    ring = Ring.create(name, slots=4, slot_bytes=4096, groups={"live": "latest"})
+    viewer = Ring.attach(name).consumer("live")
+    produce(ring, 3)
+    [held] = viewer.acquire(timeout=1)
+    assert held.frame_id == 2  # the newest, not the oldest
+    produce(ring, 1000, first=3)  # would time out if the held frame slowed the producer
+    assert stamped_id(held.data) == 2  # the pinned slot was not overwritten
+    viewer.release(held)
+    [newest] = viewer.acquire(timeout=1)
+    assert newest.frame_id == 1002
+    viewer.release(newest)
+    stats = ring.stats()
+    assert stats["skipped"][0] == 2 + 999 and stats["producer_waits"] == 0
+
+
+def hold_one_then_hang(name: str, got: mp.Queue) -> None:
+    consumer = Ring.attach(name).consumer("workers")
+    [frame] = consumer.acquire(timeout=20)
+    got.put(frame.frame_id)
+    signal.pause()  # holds the frame until killed
+
+
+@pytest.mark.timeout(60)
+def test_frame_held_by_a_killed_consumer_is_redelivered_once(name, children):
+    ring = Ring.create(name, slots=4, slot_bytes=4096)
+    got = ctx.Queue()
+    victim = ctx.Process(target=hold_one_then_hang, args=(name, got))
+    children.append(victim)
+    victim.start()
+    produce(ring, 1)
+    lost = got.get(timeout=20)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    out = ctx.Queue()
+    survivor = ctx.Process(target=consume_ids, args=(name, "workers", out))
+    children.append(survivor)
+    survivor.start()
+    produce(ring, 99, first=1)  # the producer's stall makes it reap the dead member's frame
+    ring.end()
+    ids, _ = out.get(timeout=30)
+    assert lost == 0 and sorted(ids) == list(range(100))
+    assert ring.stats()["redelivered"] == [1]
+
+
+def produce_then_hang(name: str, ready: mp.Event) -> None:
+    ring = Ring.create(name, slots=8, slot_bytes=4096)
+    produce(ring, 5)
+    ready.set()
+    signal.pause()
+
+
+@pytest.mark.timeout(60)
+def test_consumers_see_a_killed_producer_as_end_of_stream_with_reason(name, children):
+    ready = ctx.Event()
+    producer = ctx.Process(target=produce_then_hang, args=(name, ready))
+    children.append(producer)
+    producer.start()
+    assert ready.wait(20)
+    consumer = Ring.attach(name).consumer("workers")
+    os.kill(producer.pid, signal.SIGKILL)
+    producer.join(10)
+    t0 = time.monotonic()
+    ids = []
+    with pytest.raises(EndOfStream, match="producer process died"):
+        while True:
+            [frame] = consumer.acquire(timeout=10)
+            ids.append(frame.frame_id)
+            consumer.release(frame)
+    assert ids == list(range(5))  # what was published is still delivered
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.timeout(60)
+def test_stale_segment_of_a_dead_producer_is_replaced_a_live_one_refused(name, children):
+    ready = ctx.Event()
+    producer = ctx.Process(target=produce_then_hang, args=(name, ready))
+    children.append(producer)
+    producer.start()
+    assert ready.wait(20)
+    with pytest.raises(RingError, match="live producer already owns"):
+        Ring.create(name, slots=8, slot_bytes=4096)
+    os.kill(producer.pid, signal.SIGKILL)
+    producer.join(10)
+    ring = Ring.create(name, slots=2, slot_bytes=64)  # the crashed run's segment is cleaned
+    assert ring.slots == 2 and ring.stats()["published"] == 0
+    assert oct(os.stat(f"/dev/shm/sn-ring-{name}").st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.timeout(60)
+def test_misuse_and_bad_geometry_give_clear_errors(name):
+    ring = Ring.create(name, slots=2, slot_bytes=256)
+    with pytest.raises(RingError, match="slot of ring .* holds 256"):
+        ring.write(np.zeros(300, np.uint8), run_id=1, frame_id=0)
+    with pytest.raises(RingError, match="geometry"):
+        Ring.attach(name, slots=4)
+    with pytest.raises(RingError, match="geometry"):
+        Ring.attach(name, slot_bytes=512)
+    with pytest.raises(RingError, match="no ring of that name"):
+        Ring.attach(name + "-nope")
+    with pytest.raises(RingError, match="invalid argument"):
+        Ring.create("bad/name")
+    with pytest.raises(RingError, match="no group 'nope'"):
+        ring.consumer("nope")
+    consumer = ring.consumer("workers")
+    ring.write(np.arange(4, dtype=np.uint8), run_id=1, frame_id=0)
+    [frame] = consumer.acquire(timeout=1)
+    with pytest.raises(RingError, match="release them before"):
+        consumer.acquire(timeout=0)
+    consumer.release(frame)
+    with pytest.raises(RingError, match="was released"):
+        _ = frame.data
+    with pytest.raises(RingError, match="already released"):
+        consumer.release(frame)
+    with pytest.raises(RingTimeout):
+        consumer.acquire(timeout=0.01)
+
+
+@pytest.mark.timeout(60)
+def test_a_ring_larger_than_dev_shm_is_refused_not_a_crash_later(name):
+    free = os.statvfs("/dev/shm")
+    too_big = free.f_bavail * free.f_frsize + (1 << 30)
+    with pytest.raises(RingError, match="no room in /dev/shm"):
+        Ring.create(name, slots=1, slot_bytes=too_big)
+    assert not os.path.exists(f"/dev/shm/sn-ring-{name}")
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_wakes_a_blocked_wait(name):
+    import threading
+
+    ring = Ring.create(name, slots=2, slot_bytes=64)
+    consumer = Ring.attach(name).consumer("workers")
+    result: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            consumer.acquire(timeout=None)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            result.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    consumer.ring.shutdown()
+    t.join(5)
+    assert not t.is_alive() and isinstance(result[0], EndOfStream)
+    ring.close()
+
+
+class RingModel(RuleBasedStateMachine):
+    """One process drives producer and consumers; a plain model says what must happen."""
+
+    SLOTS = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = f"sm{os.getpid()}"
+        Ring.unlink(self.name)
+        self.ring = Ring.create(self.name, slots=self.SLOTS, slot_bytes=64,
+                                groups={"w": "work", "v": "latest"}, latest_readers=1)
+        self.workers = [self.ring.consumer("w") for _ in range(2)]
+        self.viewer = self.ring.consumer("v")
+        self.published = 0
+        self.released: set[int] = set()
+        self.delivered: list[int] = []
+        self.held: dict[int, list] = {0: [], 1: []}
+        self.view_held = None
+
+    def teardown(self) -> None:
+        self.ring.close()
+        Ring.unlink(self.name)
+
+    def _tail(self) -> int:
+        t = 0
+        while t in self.released:
+            t += 1
+        return t
+
+    @rule()
+    def publish(self) -> None:
+        try:
+            slot = self.ring.claim(timeout=0)
+        except RingTimeout:
+            assert self.published - self._tail() >= self.SLOTS  # refused only when full
+            return
+        assert self.published - self._tail() < self.SLOTS
+        self.ring.payload(slot)[:8] = np.frombuffer(self.published.to_bytes(8, "little"), np.uint8)
+        from stream_node.frame import frame_header
+        self.ring.publish(slot, frame_header(np.zeros(8, np.uint8), 1, self.published))
+        self.published += 1
+
+    @rule(w=st.integers(0, 1), n=st.integers(1, 3))
+    @precondition(lambda self: True)
+    def acquire(self, w: int, n: int) -> None:
+        if self.held[w]:
+            return
+        try:
+            frames = self.workers[w].acquire(timeout=0, max_frames=n)
+        except RingTimeout:
+            assert len(self.delivered) == self.published  # nothing left to hand out
+            return
+        ids = [f.frame_id for f in frames]
+        assert ids == list(range(len(self.delivered), len(self.delivered) + len(ids)))
+        assert all(stamped_id(f.data) == f.frame_id for f in frames)
+        self.delivered += ids
+        self.held[w] = frames
+
+    @rule(w=st.integers(0, 1))
+    def release(self, w: int) -> None:
+        if self.held[w]:
+            frame = self.held[w].pop(0)
+            self.workers[w].release(frame)
+            self.released.add(frame.frame_id)
+
+    @rule()
+    def view(self) -> None:
+        if self.view_held is not None:
+            self.viewer.release(self.view_held)
+            self.view_held = None
+            return
+        try:
+            [frame] = self.viewer.acquire(timeout=0)
+        except RingTimeout:
+            return
+        assert frame.frame_id == self.published - 1 and stamped_id(frame.data) == frame.frame_id
+        self.view_held = frame
+
+    @invariant()
+    def counters_agree(self) -> None:
+        stats = self.ring.stats()
+        assert stats["published"] == self.published
+        assert stats["occupancy"] == self.published - self._tail() <= self.SLOTS
+        assert stats["consumed"][0] == len(self.released)
+
+
+RingModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+test_ring_state_machine = pytest.mark.timeout(120)(RingModel.TestCase)
