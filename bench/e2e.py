@@ -18,6 +18,7 @@ Usage::
     python bench/e2e.py --full               # 2000 frames, 1, 2 and 3 workers
     python bench/e2e.py --frames 500 --shape 256x512 --workers 1,2
     python bench/e2e.py --only naive         # skip stream-node (e.g. while it is being written)
+    python bench/e2e.py --naive-transport both --repeat 3   # naive over tcp and ipc, medians
 
 The exit status is 0 only when every pipeline that ran wrote every frame correctly.
 """
@@ -31,6 +32,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -67,18 +69,20 @@ SAMPLE_RANDOM = 4
 # same for both pipelines. Kernel copies are counted because shared memory avoids them: a socket hop
 # costs one copy into the socket buffer and one out of it (libzmq reads large messages straight
 # into the message buffer, so it adds none), and the HDF5 file write costs one into the page cache.
-NAIVE_COPIES: tuple[tuple[str, int], ...] = (
-    ("source: frame.tobytes()", 1),
-    ("source: send copy=True (bytes -> zmq msg)", 1),
-    ("hop 1: socket kernel copy in + out", 2),
-    ("worker: recv copy=True (zmq msg -> bytes)", 1),
-    ("worker: send copy=True (array -> zmq msg)", 1),
-    ("hop 2: socket kernel copy in + out", 2),
-    ("collector: recv copy=True (zmq msg -> bytes)", 1),
-    ("collector: dset[i] = frame (into HDF5 chunk cache)", 1),
-    ("collector: HDF5 write() into the page cache", 1),
+# (where, copies, in the kernel?)
+NAIVE_COPIES: tuple[tuple[str, int, bool], ...] = (
+    ("source: frame.tobytes()", 1, False),
+    ("source: send copy=True (bytes -> zmq msg)", 1, False),
+    ("hop 1: socket copy in + out", 2, True),
+    ("worker: recv copy=True (zmq msg -> bytes)", 1, False),
+    ("worker: send copy=True (array -> zmq msg)", 1, False),
+    ("hop 2: socket copy in + out", 2, True),
+    ("collector: recv copy=True (zmq msg -> bytes)", 1, False),
+    ("collector: dset[i] = frame (into HDF5 chunk cache)", 1, False),
+    ("collector: HDF5 write() into the page cache", 1, True),
 )
-NAIVE_COPIES_PER_FRAME = sum(n for _, n in NAIVE_COPIES)
+NAIVE_COPIES_PER_FRAME = sum(n for _, n, _ in NAIVE_COPIES)
+NAIVE_KERNEL_COPIES = sum(n for _, n, kernel in NAIVE_COPIES if kernel)
 
 
 @dataclass
@@ -309,8 +313,8 @@ def run_naive(
 ) -> RunResult:
     """Run the hand-written pipeline; every process started here is joined or killed on exit."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    user = sum(n for what, n in NAIVE_COPIES if "kernel" not in what and "page cache" not in what)
-    copies = f"{user} + {NAIVE_COPIES_PER_FRAME - user} kernel"
+    user = NAIVE_COPIES_PER_FRAME - NAIVE_KERNEL_COPIES
+    copies = f"{user} + {NAIVE_KERNEL_COPIES} kernel"
     name = "naive" if transport == "tcp" else f"naive-{transport}"
     result = RunResult(name, workers, frames, nbytes, copies_per_frame=copies)
     ipc_dir = str(output.parent)
@@ -386,7 +390,7 @@ def run_naive(
 # --------------------------------------------------------------------------------------------
 
 
-def _find_frames_dataset(h5file: Any, frames: int, shape: tuple[int, int]) -> Any:
+def _find_frames_dataset(h5file: Any, shape: tuple[int, int]) -> Any:
     """The frames dataset: NeXus path first (stream-node), then ``data`` (naive), else any match."""
     for name in ("entry/data/data", "data"):
         if name in h5file and isinstance(h5file[name], h5py.Dataset):
@@ -419,7 +423,7 @@ def verify(result: RunResult, path: Path, shape: tuple[int, int], dtype: str) ->
     sample = [i for i in sample if 0 <= i < n]
     try:
         with h5py.File(path, "r") as f:
-            dset = _find_frames_dataset(f, n, shape)
+            dset = _find_frames_dataset(f, shape)
             if dset.shape[0] != n:
                 result.error = f"dataset {dset.name} has {dset.shape[0]} frames, expected {n}"
                 return
@@ -486,7 +490,7 @@ def print_table(results: Sequence[RunResult], baseline: str = "naive") -> None:
             f"| {_fmt(r.gb_per_s, '.2f')} | {_fmt(ratio, '.2f')} |"
         )
     print()
-    breakdown = ", ".join(f"{what} {n}" for what, n in NAIVE_COPIES)
+    breakdown = ", ".join(f"{what} {n}{' (kernel)' * kernel}" for what, n, kernel in NAIVE_COPIES)
     print(f"naive copies/frame = {NAIVE_COPIES_PER_FRAME}: {breakdown}.")
     print("stream-node copies/frame: as reported by its summary ('?' when it reports none).")
     print(f"ratio = frames/s of the row / frames/s of {baseline} with the same workers.")
@@ -520,6 +524,10 @@ def parse_workers(text: str) -> tuple[int, ...]:
     return counts
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -541,6 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repeat", type=int, default=1, help="runs per row, interleaved; the median is shown"
     )
     args = parser.parse_args(argv)
+    # Ctrl-C and kill both unwind through the finally blocks that end the child processes.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
     frames = args.frames or (FULL_FRAMES if args.full else QUICK_FRAMES)
     if frames < 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -23,12 +24,14 @@ class Endpoints:
         self.transport = transport
 
     def __call__(self, name: str) -> str:
+        if self.transport == "ring" and name == "fanout":
+            return f"ring://t{os.getpid()}-{self.tmp_path.name}"
         if self.transport == "tcp":
             return free_tcp_endpoint()
         return f"ipc://{self.tmp_path}/{name}"
 
 
-@pytest.fixture(params=["ipc", "tcp"])
+@pytest.fixture(params=["ipc", "tcp", "ring"])
 def endpoints(request, tmp_path) -> Endpoints:
     return Endpoints(tmp_path, request.param)
 

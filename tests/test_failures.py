@@ -55,13 +55,13 @@ def test_worker_without_source_times_out(node, ipc):
 def test_existing_output_file_is_refused_and_left_untouched(node, ipc, tmp_path):
     path = tmp_path / "taken.h5"
     path.write_bytes(b"precious")
-    source, collector, procs = start_roles(node, ipc, path, 1, frames=10)
+    source, collector, procs = start_roles(node, ipc, path, 1, frames=10, ready_timeout=5)
     code, _, err = finish(source)
     assert code == ExitCode.CONFIG and "exists" in err and "--overwrite" in err, err
     assert finish(collector)[0] == ExitCode.CONFIG
     assert path.read_bytes() == b"precious"
-    for proc in procs:
-        assert finish(proc)[0] == ExitCode.ABORTED
+    for proc in procs:  # told ABORT, or (if it came after the source left) no START in time
+        assert finish(proc)[0] in (ExitCode.ABORTED, ExitCode.PEER_TIMEOUT)
 
 
 @pytest.mark.timeout(90)
@@ -219,6 +219,7 @@ def test_collector_killed_mid_run_makes_source_and_workers_stop(node, ipc, tmp_p
         raise AssertionError("source exited before the run started")
     os.kill(collector.pid, signal.SIGKILL)
     code, _, err = finish(source, timeout=30)
-    assert code == ExitCode.PEER_TIMEOUT and "collector" in err and "silent" in err, err
+    assert code == ExitCode.PEER_TIMEOUT and "collector" in err, err
+    assert "disconnected" in err or "silent" in err, err
     for proc in procs:
         assert finish(proc, timeout=30)[0] in (ExitCode.ABORTED, ExitCode.PEER_TIMEOUT)

@@ -12,9 +12,9 @@ SHAPE = "128x256"
 
 
 def start_roles(node, endpoints, path, workers, frames=300, dtype="uint16", extra_source=(),
-                extra_collector=(), extra_worker=()):
+                extra_collector=(), extra_worker=(), ready_timeout=20):
     control, fanout, fanin = endpoints("control"), endpoints("fanout"), endpoints("fanin")
-    timing = ("--peer-timeout", "3", "--ready-timeout", "20")
+    timing = ("--peer-timeout", "3", "--ready-timeout", str(ready_timeout))
     collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
                      "--drain-timeout", "3", *timing, *extra_collector)
     procs = [node("worker", "--control", control, "--input", fanout, "--output", fanin,

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import zmq
+
 from stream_node import __version__
 from stream_node.control import Liveness
 from stream_node.errors import ExitCode, StreamNodeError
@@ -81,12 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", type=Path, default=None,
                       help="HDF5 file (default: stream-node-demo-RUN.h5 here)")
     demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--fanout", choices=["ring", "ipc"], default="ring",
+                      help="source-to-workers link: shared-memory ring (default) or ipc socket")
+    demo.add_argument("--ring-slots", type=_positive(int), default=16,
+                      help="frames in flight in the ring (memory: about slots x frame size)")
     _timing(demo)
 
     src = sub.add_parser("source", help="synthetic detector; holds the run",
                          formatter_class=fmt, epilog=HAND_EXAMPLE + EPILOG)
     src.add_argument("--control", required=True, help="control endpoint to bind")
-    src.add_argument("--data", required=True, help="fan-out endpoint to bind")
+    src.add_argument("--data", required=True,
+                     help="fan-out endpoint to bind (tcp://, ipc://) or ring://NAME to create")
+    src.add_argument("--ring-slots", type=_positive(int), default=16,
+                     help="frames in flight for ring:// (memory: about slots x frame size)")
     src.add_argument("--workers", type=_positive(int), default=1,
                      help="workers to wait for before frame 0")
     _frames(src, 1000)
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=fmt, epilog=HAND_EXAMPLE + EPILOG)
     wrk.add_argument("--control", required=True, help="the source's control endpoint")
     wrk.add_argument("--input", required=True, action="append",
-                     help="endpoint(s) to pull frames from (repeatable)")
+                     help="endpoint(s) to pull frames from (repeatable), or one ring://NAME")
     wrk.add_argument("--output", required=True, help="the collector's input endpoint")
     wrk.add_argument("--name", default="w0")
     wrk.add_argument("--index", type=int, default=0, help="number written with each frame")
@@ -126,7 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
     summary = run_local_pipeline(
         output, frames=args.frames, shape=args.shape, dtype=args.dtype, workers=args.workers,
         rate=args.rate, seed=args.seed, overwrite=args.overwrite, liveness=_liveness(args),
-        ready_timeout_s=args.ready_timeout,
+        ready_timeout_s=args.ready_timeout, fanout=args.fanout, ring_slots=args.ring_slots,
         log_level=args.log_level)
     print(summary.text())
     return summary.exit_code
@@ -138,7 +147,8 @@ def _source(args: argparse.Namespace) -> int:
     summary = Source(SourceConfig(
         control=args.control, data=args.data, workers=args.workers, frames=args.frames,
         shape=args.shape, dtype=args.dtype, seed=args.seed, rate=args.rate,
-        ready_timeout_s=args.ready_timeout, liveness=_liveness(args))).run()
+        ring_slots=args.ring_slots, ready_timeout_s=args.ready_timeout,
+        liveness=_liveness(args))).run()
     print(summary.text())
     return summary.exit_code
 
@@ -178,3 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stream-node {args.command}: interrupted", file=sys.stderr)
         return int(ExitCode.ABORTED)
+    finally:
+        # Zero-copy messages still queued refer to Python buffers: the context must finish
+        # (or drop them, after the bounded linger) while the interpreter is still alive.
+        zmq.Context.instance().destroy(linger=2000)

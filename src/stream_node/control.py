@@ -38,6 +38,8 @@ class Peer:
     last_seen: float
     ready: bool = False
     started: bool = False
+    finished: bool = False  # said DONE: it has left, on purpose
+    unreachable: bool = False  # its connection is gone (it died or was cut off)
     final: dict | None = None  # the body of its DONE (or DRAINED for the collector)
 
 
@@ -90,6 +92,8 @@ class ControlHub:
         return [p for p in self.peers.values() if p.role == role]
 
     def send(self, peer: Peer, msg_type: MsgType, body: Any = None, frame_id: int = 0) -> bool:
+        if peer.finished or peer.unreachable:
+            return False
         try:
             self.sock.send_multipart(
                 [peer.identity, *control_message(msg_type, self.run_id, body, frame_id)]
@@ -97,6 +101,7 @@ class ControlHub:
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer disconnected
             log.warning("control: cannot reach %s %s: %s", peer.role, peer.name, exc)
+            peer.unreachable = True
             return False
 
     def broadcast(self, msg_type: MsgType, body: Any = None, frame_id: int = 0,
@@ -153,6 +158,7 @@ class ControlHub:
             peer.ready = True
         elif msg_type in (MsgType.DONE, MsgType.DRAINED):
             peer.final = body
+            peer.finished = msg_type == MsgType.DONE
         return Inbound(msg_type, header, body, peer)
 
     def tick(self) -> None:
@@ -161,11 +167,12 @@ class ControlHub:
             self._next_beat = now + self.liveness.heartbeat_s
             self.broadcast(MsgType.HEARTBEAT)
 
-    def silent(self, role: str | None = None) -> list[Peer]:
-        """Peers not heard from within the peer timeout (dead, frozen or cut off)."""
+    def lost(self, role: str | None = None) -> list[Peer]:
+        """Peers that did not finish but went silent for the peer timeout or disconnected."""
         limit = time.monotonic() - self.liveness.peer_timeout_s
         return [p for p in self.peers.values()
-                if p.last_seen < limit and (role is None or p.role == role)]
+                if not p.finished and (p.unreachable or p.last_seen < limit)
+                and (role is None or p.role == role)]
 
 
 class ControlLink:

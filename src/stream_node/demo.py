@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -31,15 +32,19 @@ def run_local_pipeline(
     log_level: str = "WARNING",
     liveness: Liveness | None = None,
     ready_timeout_s: float = 60.0,
+    fanout: str = "ring",
+    ring_slots: int = 16,
 ) -> RunSummary:
     """Run synthetic source -> `workers` worker processes -> collector process -> HDF5 file.
 
-    Links are ipc sockets in a private temporary folder, so several demos can run side by side.
-    Every process started here is ended here, also when the run fails.
+    The source hands frames to the workers through a shared-memory ring (`fanout="ring"`) or an
+    ipc PUSH socket (`fanout="ipc"`); the other links are ipc sockets in a private temporary
+    folder, so several demos can run side by side. Every process started here is ended here.
     """
     liveness = liveness or Liveness()
     with tempfile.TemporaryDirectory(prefix="sn-") as tmp:
-        control, fanout, fanin = (f"ipc://{tmp}/{n}" for n in ("control", "fanout", "fanin"))
+        control, fanin = f"ipc://{tmp}/control", f"ipc://{tmp}/fanin"
+        fanout = f"ring://sn-{secrets.token_hex(6)}" if fanout == "ring" else f"ipc://{tmp}/fanout"
         timing = ["--peer-timeout", str(liveness.peer_timeout_s),
                   "--ready-timeout", str(ready_timeout_s)]
         commands = [role_command("collector", "--control", control, "--input", fanin,
@@ -54,7 +59,7 @@ def run_local_pipeline(
             source = Source(SourceConfig(
                 control=control, data=fanout, workers=workers, frames=frames, shape=shape,
                 dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
-                liveness=liveness))
+                liveness=liveness, ring_slots=ring_slots))
             summary = source.run()
             for proc in procs:
                 proc.wait(timeout=liveness.peer_timeout_s + 10)

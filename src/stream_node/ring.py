@@ -111,7 +111,7 @@ class Ring:
 
     def write(self, array: np.ndarray, run_id: int, frame_id: int,
               timeout: float | None = 5.0) -> int:
-        """claim + copy `array` into the slot + publish: the one copy of a frame into shared memory."""
+        """claim + copy `array` into a slot + publish: the one copy into shared memory."""
         header = frame_header(array, run_id, frame_id)
         if header.payload_bytes > self.slot_bytes:
             raise RingError(f"frame {frame_id} has {header.payload_bytes} bytes, a slot of ring "

@@ -17,10 +17,11 @@ import zmq
 
 from stream_node import __version__
 from stream_node.control import ControlHub, Inbound, Liveness, Peer
+from stream_node.endpoints import FrameOutput, open_output
 from stream_node.errors import ExitCode, PeerTimeout, RunAborted, StreamNodeError
 from stream_node.frame import MsgType, frame_header
 from stream_node.synthetic import SyntheticDetector
-from stream_node.transport import LinkLimits, bind, data_socket, send_frame
+from stream_node.transport import LinkLimits
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,15 @@ class SourceConfig:
     seed: int = 0
     rate: float = 0.0  # frames per second; 0 sends as fast as the pipeline takes them
     run_id: int | None = None
+    ring_slots: int = 16  # frames in flight when `data` is ring://NAME
     ready_timeout_s: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
+
+
+@dataclass
+class Stall:
+    since: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -104,24 +111,28 @@ class Source:
                 "rate": c.rate, "workers": c.workers, "software_version": __version__}
 
     def run(self) -> RunSummary:
-        hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
-                         self.cfg.liveness)
-        data = data_socket(self.ctx, zmq.PUSH, self.cfg.limits)
+        # The data output exists before the hub answers HELLO, so a worker told START finds it.
+        out = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.detector.nbytes,
+                          self.cfg.ring_slots)
         try:
-            bind(data, self.cfg.data, "data")
+            hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
+                             self.cfg.liveness)
+        except BaseException:
+            out.close()
+            raise
+        try:
             log.info("source: run %#x, %d frames %s %s; %s", self.run_id, self.cfg.frames,
-                     self.cfg.shape, self.cfg.dtype,
-                     self.cfg.limits.describe(self.detector.nbytes))
+                     self.cfg.shape, self.cfg.dtype, out.describe())
             self._wait_ready(hub)
             t0 = time.monotonic()
-            self._send_all(hub, data)
-            return self._end(hub, t0)
+            self._send_all(hub, out)
+            return self._end(hub, out, t0)
         except (StreamNodeError, KeyboardInterrupt) as exc:
             reason = str(exc) or type(exc).__name__
             hub.broadcast(MsgType.ABORT, {"reason": reason})
             raise
         finally:
-            data.close(linger=self.cfg.limits.linger_ms)
+            out.close()
             hub.close()
 
     # -- start -------------------------------------------------------------------------------
@@ -146,43 +157,42 @@ class Source:
 
     # -- frames ------------------------------------------------------------------------------
 
-    def _send_all(self, hub: ControlHub, data: zmq.Socket) -> None:
+    def _send_all(self, hub: ControlHub, out: FrameOutput) -> None:
         cfg = self.cfg
-        poller = zmq.Poller()
-        poller.register(data, zmq.POLLOUT)
-        poller.register(hub.sock, zmq.POLLIN)
+        shape, dtype = self.detector.shape, self.detector.dtype
         t0 = next_check = time.monotonic()
-        for frame_id, frame in self.detector.frames(cfg.frames):
+        for frame_id in range(cfg.frames):
             if cfg.rate > 0:
                 self._pace(hub, t0 + frame_id / cfg.rate)
-            header = frame_header(frame, self.run_id, frame_id).pack()
-            blocked_since = None
-            while True:
-                events = dict(poller.poll(100))
-                now = time.monotonic()
-                if hub.sock in events or now >= next_check:
-                    self._handle(hub, hub.poll(0))
-                    next_check = now + 0.1
-                if data in events:
-                    break
-                # No worker can take a frame: count the stall, give up once none is alive.
-                blocked_since = blocked_since or time.monotonic()
-                self.stalls += 1
-                self._check_workers(hub, blocked_since)
-            send_frame(data, header, frame)
+            stalled = Stall()
+            while (buffer := out.reserve(shape, dtype, 100)) is None:
+                self._stalled(hub, stalled)
+            now = time.monotonic()
+            if now >= next_check:
+                self._handle(hub, hub.poll(0))
+                next_check = now + 0.1
+            self.detector.frame(frame_id, out=buffer)  # generated in place: a ring slot or a
+            header = frame_header(buffer, self.run_id, frame_id)  # new send buffer
+            while not out.commit(header, buffer):
+                self._stalled(hub, stalled)
+                out.reserve(shape, dtype, 100)  # wait until some worker can take it
             self.sent += 1
+        out.end()
 
     def _pace(self, hub: ControlHub, due: float) -> None:
         """Wait until `due` while answering control messages (the wait is the rate limit)."""
         while (left := due - time.monotonic()) > 0:
             self._handle(hub, hub.poll(int(left * 1000)))
 
-    def _check_workers(self, hub: ControlHub, blocked_since: float) -> None:
+    def _stalled(self, hub: ControlHub, stall: Stall) -> None:
+        """No worker can take a frame: count it, keep control alive, give up once none lives."""
+        self.stalls += 1
+        self._handle(hub, hub.poll(0))
         timeout = self.cfg.liveness.peer_timeout_s
-        if time.monotonic() - blocked_since < timeout:
+        if time.monotonic() - stall.since < timeout:
             return
         workers = hub.peers_of("worker")
-        if len(hub.silent("worker")) == len(workers):
+        if len(hub.lost("worker")) == len(workers):
             raise PeerTimeout(f"source: no worker took a frame for {timeout:.1f} s and none is "
                               f"alive ({len(workers)} known): frames {self.sent}.. not sent")
 
@@ -194,10 +204,10 @@ class Source:
                                  f"{msg.body.get('reason')}")
                 exc.exit_code = ExitCode(msg.body.get("exit_code", ExitCode.ABORTED))
                 raise exc
-        collector = hub.peers_of("collector")
-        if collector and hub.silent("collector"):
-            raise PeerTimeout(f"source: collector {collector[0].name} silent for more than "
-                              f"{self.cfg.liveness.peer_timeout_s:.1f} s")
+        for peer in hub.lost("collector"):
+            how = "disconnected" if peer.unreachable else (
+                f"silent for more than {self.cfg.liveness.peer_timeout_s:.1f} s")
+            raise PeerTimeout(f"source: collector {peer.name} {how}: the run cannot be written")
 
     def _await(self, hub: ControlHub, done: Callable[[], bool], timeout_s: float | None,
                explain: Callable[[ControlHub], str] | None = None) -> None:
@@ -210,7 +220,7 @@ class Source:
 
     # -- end ---------------------------------------------------------------------------------
 
-    def _end(self, hub: ControlHub, t0: float) -> RunSummary:
+    def _end(self, hub: ControlHub, out: FrameOutput, t0: float) -> RunSummary:
         last = self.sent - 1
         hub.broadcast(MsgType.END, {"last_frame_id": last, "frame_count": self.sent},
                       frame_id=max(last, 0))

@@ -67,11 +67,13 @@ def data_socket(ctx: zmq.Context, kind: int, limits: LinkLimits) -> zmq.Socket:
     return sock
 
 
-def send_frame(sock: zmq.Socket, header: bytes, payload: Any, flags: int = 0) -> None:
-    """Send [header, payload]; large payloads go zero-copy (ZeroMQ reads the buffer itself)."""
-    nbytes = payload.nbytes if hasattr(payload, "nbytes") else len(payload)
+def send_frame(sock: zmq.Socket, header: bytes, payload: Any, flags: int = 0,
+               copy: bool = False) -> None:
+    """Send [header, payload]; large payloads go zero-copy (ZeroMQ reads the buffer itself)
+    unless `copy` says the buffer is reused as soon as this returns (a ring slot)."""
+    small = memoryview(payload).nbytes < ZERO_COPY_THRESHOLD
     sock.send(header, flags | zmq.SNDMORE)
-    sock.send(payload, flags, copy=nbytes < ZERO_COPY_THRESHOLD)
+    sock.send(payload, flags, copy=copy or small)
 
 
 def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:

@@ -14,21 +14,13 @@ from typing import Any
 import zmq
 
 from stream_node.control import ControlLink, Liveness
+from stream_node.endpoints import FrameInput, open_input
 from stream_node.errors import ProtocolError, RunAborted
 from stream_node.frame import FrameHeader, MsgType
 from stream_node.node import DropLedger
-from stream_node.transport import (
-    HandshakeWatch,
-    LinkLimits,
-    connect,
-    data_socket,
-    recv_parts,
-    send_frame,
-)
+from stream_node.transport import HandshakeWatch, LinkLimits, connect, data_socket, send_frame
 
 log = logging.getLogger(__name__)
-
-BATCH = 64
 
 
 @dataclass
@@ -60,45 +52,42 @@ class Worker:
         """Serve one run until the source says FINISH; returns this worker's counters."""
         cfg = self.cfg
         link = ControlLink(self.ctx, cfg.control, "worker", cfg.name, cfg.liveness)
-        pull = data_socket(self.ctx, zmq.PULL, cfg.limits)
         push = data_socket(self.ctx, zmq.PUSH, cfg.limits)
-        watch_in, watch_out = HandshakeWatch(pull), HandshakeWatch(push)
+        watch_out = HandshakeWatch(push)
+        inp: FrameInput | None = None
         try:
-            connect(pull, cfg.inputs, "input")
+            inp = open_input(self.ctx, cfg.inputs, cfg.limits)
             connect(push, cfg.output, "collector's input")
             link.wait_start(cfg.ready_timeout_s)
+
             def listen() -> None:  # an ABORT (e.g. the collector refused the run) ends the wait
                 if link.sock.poll(0) and self._command(link, link.recv_ready()):
                     raise RunAborted("the run finished before this worker was ready")
 
-            watch_in.wait(len(cfg.inputs), cfg.ready_timeout_s, f"the source at {cfg.inputs}",
-                          listen)
+            inp.wait_ready(cfg.ready_timeout_s, listen)
             watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}", listen)
             link.send(MsgType.READY)
             log.info("worker %s: run %#x ready", cfg.name, link.run_id)
-            self._serve(link, pull, push)
+            self._serve(link, inp, push)
             return self.report()
         finally:
-            watch_in.close()
+            if inp is not None:
+                inp.close()
             watch_out.close()
-            pull.close(linger=0)
             push.close()
             link.close()
 
-    def _serve(self, link: ControlLink, pull: zmq.Socket, push: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(link.sock, zmq.POLLIN)
+    def _serve(self, link: ControlLink, inp: FrameInput, push: zmq.Socket) -> None:
         while True:
-            events = dict(poller.poll(100))
-            if pull in events:
-                for _ in range(BATCH):
-                    try:
-                        parts = recv_parts(pull, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._forward(link, parts, push)
-            if link.sock in events and self._command(link, link.recv_ready()):
+            if inp.exhausted:  # nothing more will come: only the control channel matters
+                link.sock.poll(100)
+            else:
+                try:
+                    for parts in inp.take(50):
+                        self._forward(link, parts, push, inp.copies)
+                finally:
+                    inp.release()
+            if link.sock.poll(0) and self._command(link, link.recv_ready()):
                 return
             link.tick()
 
@@ -113,12 +102,12 @@ class Worker:
             raise RunAborted(f"source aborted the run: {msg.body.get('reason')}")
         return False
 
-    def _forward(self, link: ControlLink, parts: list[zmq.Frame], push: zmq.Socket) -> None:
+    def _forward(self, link: ControlLink, parts: list[Any], push: zmq.Socket, copy: bool) -> None:
         if len(parts) != 2:
             self.drops.drop("malformed", f"{len(parts)} parts, a frame has 2")
             return
         try:
-            header = FrameHeader.parse(parts[0].buffer)
+            header = FrameHeader.parse(memoryview(parts[0]))
         except ProtocolError as exc:
             self.drops.drop("malformed", str(exc))
             return
@@ -128,20 +117,30 @@ class Worker:
         if header.msg_type != MsgType.FRAME:
             self.drops.drop("unexpected", f"message type {header.msg_type} on the data socket")
             return
-        if len(parts[1]) != header.payload_bytes:
-            self.drops.drop("invalid", f"frame {header.frame_id}: payload has {len(parts[1])} "
+        nbytes = memoryview(parts[1]).nbytes
+        if nbytes != header.payload_bytes:
+            self.drops.drop("invalid", f"frame {header.frame_id}: payload has {nbytes} "
                             f"bytes, header says {header.payload_bytes}")
             return
         header.sender = self.cfg.index
-        self._send(link, push, header.pack(), parts[1])
+        self._send(link, push, header.pack(), parts[1], copy)
         self.frames += 1
         self.bytes += header.payload_bytes
 
-    def _send(self, link: ControlLink, push: zmq.Socket, header: bytes, payload: zmq.Frame) -> None:
-        """Send, waiting for the collector's pipe while still hearing the source (backpressure)."""
-        while not push.poll(100, zmq.POLLOUT):
+    def _send(self, link: ControlLink, push: zmq.Socket, header: bytes, payload: Any,
+              copy: bool) -> None:
+        """Send, waiting for the collector's pipe while still hearing the source (backpressure).
+
+        The send itself never blocks: the pipe that poll() saw writable may vanish before it.
+        """
+        while True:
+            if push.poll(100, zmq.POLLOUT):
+                try:
+                    send_frame(push, header, payload, zmq.NOBLOCK, copy=copy)
+                    return
+                except zmq.Again:
+                    pass
             self.stalls += 1
             link.tick()
             if link.sock.poll(0) and self._command(link, link.recv_ready()):
                 raise RunAborted("run finished while a frame waited for the collector")
-        send_frame(push, header, payload)
