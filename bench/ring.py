@@ -8,11 +8,17 @@ are comparable:
   frame faster than writing it once. Twice: into ONE destination, which stays in cache (the
   ceiling, and the reference of the "GB/s vs memcpy" ratio), and over S destinations in turn (the
   working set of a transport that cycles through S slots: for 1 MiB / 8 MiB frames that no longer
-  fits in cache, which costs about half the bandwidth).
+  fits in cache, which costs about half the bandwidth). shm + mp.Queue cycles through its S
+  slots (a FIFO of free indices); the Ring's producer takes the slot freed last, then the lowest
+  free one, so a Ring whose consumer keeps up touches only a few slots.
 * ``stream-node Ring``: the producer claims a slot, writes the frame once into it (one
   ``np.copyto`` from a prepared source array for 1 MiB / 8 MiB; for 64 B only the 96-byte header
   and the 8-byte counter), publishes it; the consumer batch-acquires (64 or 1 at a time) and reads
-  in place.
+  in place. Both handles keep the default wait: spin up to 20 us, then sleep on a futex.
+* ``stream-node Ring, busy-poll``: the same, but both handles call ``set_spin(0.5)``: claim and
+  acquire spin up to 0.5 s before sleeping, which for these passes is busy-polling, as iceoryx2's
+  consumer does; its latency is the one to compare with iceoryx2's. It costs a whole core per
+  waiting side.
 * ``shm + mp.Queue``: the naive multiprocessing version: one ``SharedMemory`` block of S slots,
   the producer takes a free slot index from a free ``mp.Queue``, copies the frame into it and puts
   the index on a full ``mp.Queue``; the consumer reads the slot and puts the index back.
@@ -22,6 +28,11 @@ are comparable:
   frame into its shared circular buffer and out again into the consumer's buffer. iceoryx2 is
   zero-copy like the Ring (loan a sample, write into it, send); its pub/sub has no blocking
   receive, so the consumer busy-polls ``receive()`` (best case for its latency).
+
+The "waits" column says how each row's sides wait for each other: ``futex (20 µs spin)`` (the
+Ring's default), ``busy-poll`` (spins, a core per waiting side, the lowest latency), ``blocking``
+(sleeps in the kernel until woken: a pipe and lock for mp.Queue, a shared condition variable for
+faster-fifo).
 
 What the consumer does with each frame, the same in every row: it reads the frame's first 8 bytes
 (the producer's frame counter, checked to arrive in order, or the latency stamp); for 1 MiB and
@@ -101,6 +112,8 @@ PACE_SPIN_NS = 60_000  # the paced producer sleeps until this close to its next 
 MEMCPY_HOT = "memcpy, 1 dst"
 MEMCPY_COLD = "memcpy, S dsts"
 MPQ = "shm + mp.Queue"
+BUSY_SPIN_S = 0.5  # set_spin of the busy-poll Ring rows: longer than any wait in a pass
+BUSY_POLL_MAX = 1 << 20  # busy-poll Ring rows for frames up to this size (64 B and 1 MiB)
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class Row:
     size: int
     batch: str
     copies: str
+    waits: str = "—"  # how the sides wait for each other: futex (20 µs spin), busy-poll, blocking
     frames: int = 0
     seconds: float = 0.0
     p50_us: float = math.nan
@@ -200,10 +214,16 @@ class Source(Protocol):
 
 
 class RingSource:
-    """Batch acquire through the Ring's fast path, read in place, release_n."""
+    """Batch acquire through the Ring's fast path, read in place, release_n.
 
-    def __init__(self, name: str, size: int, batch: int) -> None:
+    `spin` (seconds), when given, is the consumer handle's set_spin: how long acquire busy-polls
+    before it sleeps on the futex (None: the default, 20 us).
+    """
+
+    def __init__(self, name: str, size: int, batch: int, spin: float | None = None) -> None:
         self.ring = Ring.attach(name)
+        if spin is not None:
+            self.ring.set_spin(spin)
         self.c = self.ring.consumer("workers")
         self.batch = batch
         n_slots = self.ring._h.n_slots
@@ -384,12 +404,18 @@ class Producer(Protocol):
 
 
 class RingProducer:
-    """claim, one np.copyto into the slot (large frames), header + first 8 bytes, publish."""
+    """claim, one np.copyto into the slot (large frames), header + first 8 bytes, publish.
+
+    `spin` (seconds), when given, goes to set_spin on both handles, this producer's (claim of a
+    free slot) and the consumer's (acquire); None keeps the default, 20 us then a futex sleep.
+    """
 
     def __init__(self, name: str, size: int, slots: int, src: np.ndarray | None,
-                 batch: int) -> None:
-        self.name, self.size, self.batch, self.src = name, size, batch, src
+                 batch: int, spin: float | None = None) -> None:
+        self.name, self.size, self.batch, self.src, self.spin = name, size, batch, src, spin
         self.ring = Ring.create(name, slots=slots, slot_bytes=size)
+        if spin is not None:
+            self.ring.set_spin(spin)
         n_slots = self.ring._h.n_slots
         self.pays = [self.ring.payload(k)[:size] for k in range(n_slots)]
         self.heads = [p[:8].view(np.uint64) for p in self.pays]
@@ -398,7 +424,7 @@ class RingProducer:
         self.hdr = frame_header(np.zeros(size, np.uint8), 1, 0).pack()
 
     def consumer_args(self) -> tuple[Any, ...]:
-        return (self.name, self.size, self.batch)
+        return (self.name, self.size, self.batch, self.spin)
 
     def send(self, count: int, value: int, interval_ns: int = 0, deadline_ns: int = 0) -> int:
         h, hv, pays, heads, hdr, src = (self.ring._h, self.ring._headers, self.pays, self.heads,
@@ -702,9 +728,9 @@ def fmt(x: float, digits: int = 2) -> str:
 
 def table(rows: list[Row]) -> str:
     """Markdown table; ratios are against the same frame size's memcpy and shm+mp.Queue rows."""
-    out = ["| case | frame | batch | frames | GB/s | hand-offs/s | p50 µs | p99 µs | copies/frame "
-           "| GB/s vs memcpy 1 dst | hand-offs/s vs shm + mp.Queue | note |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| case | frame | batch | waits | frames | GB/s | hand-offs/s | p50 µs | p99 µs "
+           "| copies/frame | GB/s vs memcpy 1 dst | hand-offs/s vs shm + mp.Queue | note |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ref = {x.case: x for x in rows if x.size_label == r.size_label and x.ok and x.frames}
         mem, mpq = ref.get(MEMCPY_HOT), ref.get(MPQ)
@@ -712,7 +738,8 @@ def table(rows: list[Row]) -> str:
         vs_q = f"{r.rate / mpq.rate:.1f}x" if mpq and r.frames else "—"
         note = "; ".join(x for x in (r.note, r.spread) if x)
         note = note if r.ok else f"FAILED: {note}"
-        out.append(f"| {r.case} | {r.size_label} | {r.batch} | {r.frames or '—'} | {fmt(r.gbps)} "
+        out.append(f"| {r.case} | {r.size_label} | {r.batch} | {r.waits} | {r.frames or '—'} "
+                   f"| {fmt(r.gbps)} "
                    f"| {fmt_rate(r.rate)} | {fmt(r.p50_us, 1)} | {fmt(r.p99_us, 1)} | {r.copies} "
                    f"| {vs_mem} | {vs_q} | {note} |")
     return "\n".join(out)
@@ -750,16 +777,22 @@ def main(argv: list[str] | None = None) -> int:
 
         cases: list[tuple[Row, str, Callable[[], Producer]]] = []
         batches = (SMALL_BATCH, 1) if not large else (1,)
-        cases.append((Row(MPQ, label, size, "1", "1", note=pace_note), "shmq",
+        cases.append((Row(MPQ, label, size, "1", "1", "blocking", note=pace_note), "shmq",
                       partial(ShmQueueProducer, ctx, f"{tag}-{idx}q", size, slots, src)))
         for b in batches:
-            cases.append((Row("stream-node Ring", label, size, str(b), "1", note=pace_note), "ring",
+            cases.append((Row("stream-node Ring", label, size, str(b), "1", "futex (20 µs spin)",
+                              note=pace_note), "ring",
                           partial(RingProducer, f"{tag}-{idx}r{b}", size, slots, src, b)))
+        if size <= BUSY_POLL_MAX:  # 64 B (batch 1) and 1 MiB: next to iceoryx2's busy-poll row
+            cases.append((Row("stream-node Ring, busy-poll", label, size, "1", "1", "busy-poll",
+                              note=f"{pace_note}; set_spin({BUSY_SPIN_S:g}) on both handles"),
+                          "ring", partial(RingProducer, f"{tag}-{idx}rb", size, slots, src, 1,
+                                          BUSY_SPIN_S)))
         ff_batch = SMALL_BATCH if not large else 1
-        cases.append((Row("faster-fifo", label, size, f"≤{ff_batch}", "2",
+        cases.append((Row("faster-fifo", label, size, f"≤{ff_batch}", "2", "blocking",
                           note=libs["faster_fifo"] or f"{pace_note}; raw bytes, no pickle"), "ff",
                       partial(FasterFifoProducer, size, slots, src, ff_batch)))
-        cases.append((Row("iceoryx2", label, size, "1", "1",
+        cases.append((Row("iceoryx2", label, size, "1", "1", "busy-poll (consumer)",
                           note=libs["iceoryx2"] or f"{pace_note}; consumer busy-polls"), "iox",
                       partial(IoxProducer, f"stream-node-bench/{tag}/{idx}", size, slots, src)))
 
@@ -776,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
                 # A table cell: one line, its end (a consumer's traceback ends with the error).
                 why = " ".join(str(exc).split())[-300:]
                 row.ok, row.note = False, f"{type(exc).__name__}: {why}"
-            print(f"  {row.case:18s} {label:6s} batch {row.batch:4s} {row.frames:8d} frames "
+            print(f"  {row.case:27s} {label:6s} batch {row.batch:4s} {row.frames:8d} frames "
                   f"{fmt(row.gbps):>7s} GB/s {fmt_rate(row.rate):>9s}/s p50 {fmt(row.p50_us, 1)} "
                   f"µs p99 {fmt(row.p99_us, 1)} µs {'' if row.ok else 'FAILED ' + row.note}",
                   file=sys.stderr, flush=True)

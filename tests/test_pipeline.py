@@ -77,3 +77,32 @@ def test_demo_pipeline_in_process_api(tmp_path):
     assert summary.exit_code == ExitCode.OK
     assert_ledger(read_run(path), 200)
     assert read_run(path, frames=slice(10, 20)).frames.shape == (10, 128, 256)
+
+
+@pytest.mark.timeout(120)
+def test_killed_ring_worker_loses_nothing_silently(node, tmp_path):
+    """SIGKILL one of two ring workers mid-run: frames it held in the ring go to the other; any
+    frame that died in its socket queue is in the file's missing record with a reason."""
+    import os
+    import signal
+
+    from conftest import Endpoints
+
+    path = tmp_path / "run.h5"
+    source, _collector, procs = start_roles(node, Endpoints(tmp_path, "ring"), path, 2,
+                                           frames=600, extra_source=("--rate", "300"))
+    for line in source.stderr:  # a handshake, not a delay: the run has started
+        if "the collector ready" in line:
+            break
+    os.kill(procs[0].pid, signal.SIGKILL)
+    code, _out, err = finish(source)
+    assert code in (ExitCode.OK, ExitCode.FRAMES_MISSING), err
+    run = read_run(path)
+    written = set(np.flatnonzero(run.received).tolist())
+    assert written | set(run.missing) == set(range(600))  # every id accounted for ...
+    assert not written & set(run.missing)  # ... exactly once
+    assert all("drain timeout" in reason for reason in run.missing.values())
+    det = SyntheticDetector((128, 256), "uint16")
+    for i in sorted(written)[::50]:
+        assert run.frames[i].tobytes() == det.frame(i).tobytes()
+    assert run.counters["reports"]["workers"]["w0"] == {"error": "no final report"}

@@ -22,7 +22,7 @@
 #define REDELIVER_MAX (SN_RING_MAX_MEMBERS * SN_RING_MAX_BATCH)
 #define SN_RING_MAX_BATCH 64
 #define SLICE_NS 20000000LL /* waits wake at least this often to check peers and shutdown */
-#define SPIN 2000
+#define DEFAULT_SPIN_NS 20000
 
 enum { STATE_OPEN = 0, STATE_CLOSED = 1, STATE_DEAD = 2 };
 
@@ -79,7 +79,8 @@ typedef struct {
     alignas(64) _Atomic uint32_t free_futex;
     _Atomic uint32_t free_waiters;
     _Atomic uint64_t producer_waits;
-    alignas(64) uint32_t write_hint; /* producer only */
+    _Atomic uint32_t last_freed; /* slot + 1 freed last: reused first, so it is still in cache */
+    uint32_t pad1;
     alignas(64) group_t groups[SN_RING_MAX_GROUPS];
 } shared_t;
 
@@ -89,6 +90,7 @@ struct sn_ring {
     int creator;
     int ended;
     _Atomic int shutdown;
+    int64_t spin_ns; /* busy-wait this long before sleeping on a futex */
     char name[SN_RING_NAME_MAX + 16];
 };
 
@@ -271,6 +273,7 @@ int sn_ring_create(sn_ring **out, const char *name, uint32_t n_window, uint64_t 
     r->sh = sh;
     r->map_bytes = total;
     r->creator = 1;
+    r->spin_ns = DEFAULT_SPIN_NS;
     snprintf(r->name, sizeof r->name, "%s", shm_name);
     *out = r;
     return SN_RING_OK;
@@ -309,6 +312,7 @@ int sn_ring_attach(sn_ring **out, const char *name, uint32_t expect_window, uint
     }
     r->sh = sh;
     r->map_bytes = (size_t)st.st_size;
+    r->spin_ns = DEFAULT_SPIN_NS;
     snprintf(r->name, sizeof r->name, "%s", shm_name);
     *out = r;
     return SN_RING_OK;
@@ -345,6 +349,8 @@ int sn_ring_unlink(const char *name) {
     return SN_RING_OK;
 }
 
+void sn_ring_set_spin(sn_ring *r, int64_t spin_ns) { r->spin_ns = spin_ns < 0 ? 0 : spin_ns; }
+
 uint32_t sn_ring_n_slots(const sn_ring *r) { return r->sh->n_slots; }
 uint32_t sn_ring_n_window(const sn_ring *r) { return r->sh->n_window; }
 uint64_t sn_ring_slot_bytes(const sn_ring *r) { return r->sh->slot_bytes; }
@@ -374,17 +380,26 @@ static int window_open(const shared_t *sh, uint64_t p) {
     return 1;
 }
 
+static int claim_slot(desc_t *d, uint32_t k) {
+    uint32_t expected = 0;
+    return atomic_load_explicit(&d[k].refs, memory_order_relaxed) == 0 &&
+           atomic_compare_exchange_strong_explicit(&d[k].refs, &expected, SN_RING_WRITING,
+                                                   memory_order_acquire, memory_order_relaxed);
+}
+
+/* The slot freed last first (its memory is still in cache), then the lowest free one, so a
+   producer that consumers keep up with cycles through as few slots as possible. */
 static int try_claim(shared_t *sh, uint32_t *slot) {
     uint64_t p = atomic_load_explicit(&sh->publish_seq, memory_order_relaxed);
     if (!window_open(sh, p)) return 0;
     desc_t *d = descs(sh);
-    for (uint32_t i = 0; i < sh->n_slots; i++) {
-        uint32_t k = (sh->write_hint + i) % sh->n_slots;
-        uint32_t expected = 0;
-        if (atomic_load_explicit(&d[k].refs, memory_order_relaxed) == 0 &&
-            atomic_compare_exchange_strong_explicit(&d[k].refs, &expected, SN_RING_WRITING,
-                                                    memory_order_acquire, memory_order_relaxed)) {
-            sh->write_hint = k + 1;
+    uint32_t hint = atomic_load_explicit(&sh->last_freed, memory_order_relaxed);
+    if (hint && claim_slot(d, hint - 1)) {
+        *slot = hint - 1;
+        return 1;
+    }
+    for (uint32_t k = 0; k < sh->n_slots; k++) {
+        if (claim_slot(d, k)) {
             *slot = k;
             return 1;
         }
@@ -394,10 +409,11 @@ static int try_claim(shared_t *sh, uint32_t *slot) {
 
 int sn_ring_claim(sn_ring *r, int64_t timeout_ns, uint32_t *slot) {
     shared_t *sh = r->sh;
-    for (int i = 0; i < SPIN; i++) {
+    if (try_claim(sh, slot)) return SN_RING_OK;
+    if (timeout_ns == 0) return SN_RING_ETIMEDOUT;
+    for (int64_t spin_end = now_ns() + r->spin_ns; now_ns() < spin_end;) {
+        for (int i = 0; i < 64; i++) cpu_relax();
         if (try_claim(sh, slot)) return SN_RING_OK;
-        if (timeout_ns == 0) return SN_RING_ETIMEDOUT;
-        cpu_relax();
     }
     atomic_fetch_add_explicit(&sh->producer_waits, 1, memory_order_relaxed);
     int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
@@ -578,12 +594,13 @@ int sn_ring_acquire(sn_ring *r, uint32_t group, uint32_t member, uint32_t max, i
     if (atomic_load_explicit(&mem->held, memory_order_relaxed)) return SN_RING_EBUSY;
     if (max > SN_RING_MAX_BATCH) max = SN_RING_MAX_BATCH;
     int latest = g->kind == SN_GROUP_LATEST;
-    int n = 0;
-    for (int i = 0; i < SPIN && n == 0; i++) {
+    int n = latest ? try_acquire_latest(sh, mem, slots, seqs, g)
+                   : try_acquire_work(sh, g, mem, max, slots, seqs);
+    if (n == 0 && timeout_ns == 0) return SN_RING_ETIMEDOUT;
+    for (int64_t spin_end = now_ns() + r->spin_ns; n == 0 && now_ns() < spin_end;) {
+        for (int i = 0; i < 64; i++) cpu_relax();
         n = latest ? try_acquire_latest(sh, mem, slots, seqs, g)
                    : try_acquire_work(sh, g, mem, max, slots, seqs);
-        if (n || timeout_ns == 0) break;
-        cpu_relax();
     }
     int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
     int64_t next_reap = now_ns() + 5 * SLICE_NS;
@@ -632,7 +649,10 @@ int sn_ring_release(sn_ring *r, uint32_t group, uint32_t member, uint64_t seq, u
         atomic_store(&mem->pinned, 0);
         atomic_store(&mem->held, 0);
         atomic_fetch_add_explicit(&g->consumed, 1, memory_order_relaxed);
-        if (atomic_fetch_sub_explicit(&d->refs, 1, memory_order_release) == 1) wake_producer(sh);
+        if (atomic_fetch_sub_explicit(&d->refs, 1, memory_order_release) == 1) {
+            atomic_store_explicit(&sh->last_freed, slot + 1, memory_order_relaxed);
+            wake_producer(sh);
+        }
         return SN_RING_OK;
     }
     _Atomic uint64_t *done = done_of(sh, group);
@@ -641,7 +661,8 @@ int sn_ring_release(sn_ring *r, uint32_t group, uint32_t member, uint64_t seq, u
         atomic_load(&done[idx]) == seq + 1 || atomic_load(&seq_slot(sh)[idx]) != slot)
         return SN_RING_EINVAL;
     atomic_store_explicit(&done[idx], seq + 1, memory_order_release);
-    atomic_fetch_sub_explicit(&d->refs, 1, memory_order_release);
+    if (atomic_fetch_sub_explicit(&d->refs, 1, memory_order_release) == 1)
+        atomic_store_explicit(&sh->last_freed, slot + 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&mem->held, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&g->consumed, 1, memory_order_relaxed);
     /* Move the group's tail past every contiguous released seq. */

@@ -14,15 +14,19 @@ from stream_node.control import Liveness
 from stream_node.demo import run_local_pipeline
 from stream_node.errors import (
     ConfigError,
+    EndOfStream,
     ExitCode,
     OutputExistsError,
     PeerTimeout,
     ProtocolError,
+    RingError,
+    RingTimeout,
     RunAborted,
     StorageError,
     StreamNodeError,
 )
 from stream_node.frame import Encoding, Frame, FrameHeader, MsgType, frame_header, payload_view
+from stream_node.ring import Consumer, Ring, RingFrame
 from stream_node.run_file import Run, read_run
 from stream_node.source import RunSummary, Source, SourceConfig
 from stream_node.synthetic import SyntheticDetector, stamped_id
@@ -33,7 +37,9 @@ __all__ = [
     "Collector",
     "CollectorConfig",
     "ConfigError",
+    "Consumer",
     "Encoding",
+    "EndOfStream",
     "ExitCode",
     "Frame",
     "FrameHeader",
@@ -43,6 +49,10 @@ __all__ = [
     "OutputExistsError",
     "PeerTimeout",
     "ProtocolError",
+    "Ring",
+    "RingError",
+    "RingFrame",
+    "RingTimeout",
     "Run",
     "RunAborted",
     "RunSummary",

@@ -61,6 +61,12 @@ def run_local_pipeline(
                 dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
                 liveness=liveness, ring_slots=ring_slots))
             summary = source.run()
+            # Ring: the frame is generated in its slot and read there; the worker copies it
+            # into its message to the collector (1); the kernel copies it into and out of the
+            # ipc socket and into the page cache (3). Ipc fan-out: zero-copy in user space,
+            # 2 kernel copies per hop and 1 into the page cache.
+            summary.copies_per_frame = "1 + 3 kernel" if fanout.startswith("ring") else (
+                "0 + 5 kernel")
             for proc in procs:
                 proc.wait(timeout=liveness.peer_timeout_s + 10)
             return summary

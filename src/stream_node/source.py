@@ -62,7 +62,7 @@ class RunSummary:
     seconds: float
     dropped: dict[str, int]
     workers: dict[str, Any]
-    copies_per_frame: int = 1
+    copies_per_frame: str = "?"  # user-space + kernel copies of one frame on its way to disk
 
     @property
     def exit_code(self) -> ExitCode:

@@ -28,8 +28,9 @@
  * A seq handed out whose member process is dead is put on the group's redelivery list (under the
  * ring's robust mutex) and handed to another member: a crashed worker loses nothing.
  *
- * Waiting: futexes on 32-bit counters in the segment, after a short spin; every wait has a
- * timeout and wakes on shutdown. Every function returns 0 (or a count) or a negative SN_RING_E*.
+ * Waiting: futexes on 32-bit counters in the segment, after a spin (sn_ring_set_spin); every
+ * wait has a timeout and wakes on shutdown. The producer reuses the slot freed last, then the
+ * lowest free one, so a ring whose consumers keep up touches few slots (they stay in cache). Every function returns 0 (or a count) or a negative SN_RING_E*.
  */
 #ifndef STREAM_NODE_RING_H
 #define STREAM_NODE_RING_H
@@ -101,6 +102,9 @@ void sn_ring_close(sn_ring *r);
 int sn_ring_unlink(const char *name);
 /* Wake every wait of this handle with SN_RING_ESHUTDOWN (callable from a signal handler). */
 void sn_ring_shutdown(sn_ring *r);
+
+/* Busy-wait this long (default 20 us) before sleeping: longer buys latency with CPU time. */
+void sn_ring_set_spin(sn_ring *r, int64_t spin_ns);
 
 uint32_t sn_ring_n_slots(const sn_ring *r);
 uint32_t sn_ring_n_window(const sn_ring *r);

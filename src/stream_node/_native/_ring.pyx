@@ -114,6 +114,9 @@ cdef class RingHandle:
     def shutdown(self):
         sn_ring_shutdown(self.r)
 
+    def set_spin(self, int64_t spin_ns):
+        sn_ring_set_spin(self.r, spin_ns)
+
     @property
     def n_slots(self):
         return sn_ring_n_slots(self.r)

@@ -42,6 +42,7 @@ cdef extern from "stream_node/ring.h" nogil:
     void sn_ring_close(sn_ring *r)
     int sn_ring_unlink(const char *name)
     void sn_ring_shutdown(sn_ring *r)
+    void sn_ring_set_spin(sn_ring *r, int64_t spin_ns)
     uint32_t sn_ring_n_slots(const sn_ring *r)
     uint32_t sn_ring_n_window(const sn_ring *r)
     uint64_t sn_ring_slot_bytes(const sn_ring *r)
