@@ -766,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         hot = Row(MEMCPY_HOT, label, size, "—", "1", note="the ceiling: destination stays in cache")
         run_memcpy(hot, copy_src, 1, mode)
         cold = Row(MEMCPY_COLD, label, size, "—", "1",
-                   note=f"S={slots} destinations in turn, the transports' working set")
+                   note=f"S={slots} destinations in turn: a transport cycling through S slots")
         copy_ns = run_memcpy(cold, copy_src, slots, mode)
         rows += [hot, cold]
         # Large frames are paced at 10 cold copies per frame, so even a transport that copies the
@@ -821,7 +821,8 @@ def main(argv: list[str] | None = None) -> int:
           "Consumer reads the first 8 bytes of each frame; for 1 MiB / 8 MiB it also sums the "
           "whole frame (np.add.reduce on a uint64 view). GB/s = frames x bytes / s / 1e9. "
           "Latency: perf_counter_ns stamp written at publish -> read at acquire, "
-          "in a paced pass.\n")
+          "in a paced pass. waits: how the sides wait for each other (busy-poll rows spin a "
+          "core per waiting side).\n")
     print(table(rows))
     return 0 if all(r.ok for r in rows) else 1
 
