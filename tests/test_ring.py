@@ -346,3 +346,24 @@ class RingModel(RuleBasedStateMachine):
 
 RingModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 test_ring_state_machine = pytest.mark.timeout(120)(RingModel.TestCase)
+
+
+@pytest.mark.timeout(60)
+def test_batch_claim_and_publish_respect_the_window_and_order(name):
+    from stream_node.frame import frame_header
+
+    ring = Ring.create(name, slots=8, slot_bytes=64)
+    slots = ring.claim_many(64, timeout=1)
+    assert len(slots) == 8  # never more than the window, even with spare slots for readers
+    headers = np.stack([np.frombuffer(frame_header(np.zeros(8, np.uint8), 1, i).pack(), np.uint8)
+                        for i in range(8)])
+    for i, slot in enumerate(slots):
+        ring.payload(slot)[:8] = np.frombuffer(i.to_bytes(8, "little"), np.uint8)
+    assert ring.publish_many(slots, headers) == 0
+    with pytest.raises(RingTimeout):
+        ring.claim_many(4, timeout=0)
+    consumer = ring.consumer("workers")
+    ring.end()
+    assert [stamped_id(f.data) for f in consumer] == list(range(8))
+    with pytest.raises(RingError, match="not all claimed"):
+        ring.publish_many(np.array([0], np.uint32), headers[:1])

@@ -389,8 +389,8 @@ static int claim_slot(desc_t *d, uint32_t k) {
 
 /* The slot freed last first (its memory is still in cache), then the lowest free one, so a
    producer that consumers keep up with cycles through as few slots as possible. */
-static int try_claim(shared_t *sh, uint32_t *slot) {
-    uint64_t p = atomic_load_explicit(&sh->publish_seq, memory_order_relaxed);
+static int try_claim_ahead(shared_t *sh, uint32_t ahead, uint32_t *slot) {
+    uint64_t p = atomic_load_explicit(&sh->publish_seq, memory_order_relaxed) + ahead;
     if (!window_open(sh, p)) return 0;
     desc_t *d = descs(sh);
     uint32_t hint = atomic_load_explicit(&sh->last_freed, memory_order_relaxed);
@@ -406,6 +406,8 @@ static int try_claim(shared_t *sh, uint32_t *slot) {
     }
     return 0;
 }
+
+static int try_claim(shared_t *sh, uint32_t *slot) { return try_claim_ahead(sh, 0, slot); }
 
 int sn_ring_claim(sn_ring *r, int64_t timeout_ns, uint32_t *slot) {
     shared_t *sh = r->sh;
@@ -439,20 +441,38 @@ int sn_ring_claim(sn_ring *r, int64_t timeout_ns, uint32_t *slot) {
     }
 }
 
-int sn_ring_publish(sn_ring *r, uint32_t slot, uint64_t *seq) {
+int sn_ring_claim_n(sn_ring *r, uint32_t max, int64_t timeout_ns, uint32_t *slots) {
+    if (max == 0) return SN_RING_EINVAL;
+    int rc = sn_ring_claim(r, timeout_ns, &slots[0]);
+    if (rc) return rc;
+    uint32_t n = 1;
+    while (n < max && try_claim_ahead(r->sh, n, &slots[n])) n++;
+    return (int)n;
+}
+
+int sn_ring_publish_n(sn_ring *r, const uint32_t *slots, uint32_t n, uint64_t *first_seq) {
     shared_t *sh = r->sh;
-    if (slot >= sh->n_slots) return SN_RING_EINVAL;
-    desc_t *d = &descs(sh)[slot];
-    if (atomic_load_explicit(&d->refs, memory_order_relaxed) != SN_RING_WRITING) return SN_RING_EINVAL;
+    desc_t *d = descs(sh);
+    for (uint32_t i = 0; i < n; i++)
+        if (slots[i] >= sh->n_slots ||
+            atomic_load_explicit(&d[slots[i]].refs, memory_order_relaxed) != SN_RING_WRITING)
+            return SN_RING_EINVAL;
     uint64_t s = atomic_load_explicit(&sh->publish_seq, memory_order_relaxed);
-    atomic_store_explicit(&d->seq, s, memory_order_relaxed);
-    atomic_store_explicit(&seq_slot(sh)[s % sh->n_window], slot, memory_order_relaxed);
-    atomic_store_explicit(&d->refs, sh->n_work, memory_order_release);
-    atomic_store_explicit(&sh->publish_seq, s + 1, memory_order_seq_cst);
+    for (uint32_t i = 0; i < n; i++) {
+        atomic_store_explicit(&d[slots[i]].seq, s + i, memory_order_relaxed);
+        atomic_store_explicit(&seq_slot(sh)[(s + i) % sh->n_window], slots[i], memory_order_relaxed);
+        atomic_store_explicit(&d[slots[i]].refs, sh->n_work, memory_order_release);
+    }
+    /* One store makes the whole batch visible, one wake tells the consumers. */
+    atomic_store_explicit(&sh->publish_seq, s + n, memory_order_seq_cst);
     atomic_fetch_add_explicit(&sh->pub_futex, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&sh->pub_waiters, memory_order_seq_cst)) futex_wake(&sh->pub_futex);
-    if (seq) *seq = s;
+    if (first_seq) *first_seq = s;
     return SN_RING_OK;
+}
+
+int sn_ring_publish(sn_ring *r, uint32_t slot, uint64_t *seq) {
+    return sn_ring_publish_n(r, &slot, 1, seq);
 }
 
 /* ---- consumers ---------------------------------------------------------------------------- */

@@ -115,6 +115,10 @@ int sn_ring_group_index(const sn_ring *r, const char *name, uint32_t *kind);
 /* Producer: claim a free slot (waits for lossless groups), then publish it as the next seq. */
 int sn_ring_claim(sn_ring *r, int64_t timeout_ns, uint32_t *slot);
 int sn_ring_publish(sn_ring *r, uint32_t slot, uint64_t *seq);
+/* Batch forms: claim up to max slots (at least 1 within the timeout; the rest only if free now
+   and inside the window), publish n claimed slots as consecutive seqs with one wake-up. */
+int sn_ring_claim_n(sn_ring *r, uint32_t max, int64_t timeout_ns, uint32_t *slots);
+int sn_ring_publish_n(sn_ring *r, const uint32_t *slots, uint32_t n, uint64_t *first_seq);
 
 /* Consumers: join a group as a member, acquire up to max frames (slots[], seqs[]), release them. */
 int sn_ring_join(sn_ring *r, uint32_t group, uint32_t *member);

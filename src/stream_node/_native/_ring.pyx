@@ -159,6 +159,29 @@ cdef class RingHandle:
         check(sn_ring_publish(self.r, slot, &seq), f"ring {self.name!r}: publishing slot {slot}")
         return seq
 
+    def claim_n(self, uint32_t max_frames, int64_t timeout_ns, uint32_t[::1] slots):
+        """Claim up to max_frames slots into slots[:n] (caller-owned, reused); returns n."""
+        cdef int rc
+        if max_frames > <uint32_t>slots.shape[0]:
+            raise RingError("output array smaller than max_frames", -111)
+        with nogil:
+            rc = sn_ring_claim_n(self.r, max_frames, timeout_ns, &slots[0])
+        return check(rc, f"ring {self.name!r}: claiming slots")
+
+    def publish_n(self, uint32_t[::1] slots, uint32_t n, const uint8_t[:, ::1] headers):
+        """Copy headers[i] (96 bytes each) into slots[i], then publish the n slots at once."""
+        cdef uint32_t i
+        cdef uint64_t seq = 0
+        if n > <uint32_t>slots.shape[0] or n > <uint32_t>headers.shape[0] or headers.shape[1] != 96:
+            raise RingError("publish_n needs n slots and an n x 96 header array", -111)
+        for i in range(n):
+            if slots[i] >= sn_ring_n_slots(self.r):
+                raise RingError(f"slot {slots[i]} out of range", -111)
+            memcpy(sn_ring_slot_ptr(self.r, slots[i]), &headers[i, 0], 96)
+        check(sn_ring_publish_n(self.r, &slots[0], n, &seq),
+              f"ring {self.name!r}: publishing {n} slots (not all claimed?)")
+        return seq
+
     def join(self, uint32_t group):
         cdef uint32_t member = 0
         check(sn_ring_join(self.r, group, &member), f"ring {self.name!r}: joining group {group}")

@@ -50,6 +50,8 @@ cdef extern from "stream_node/ring.h" nogil:
     int sn_ring_group_index(const sn_ring *r, const char *name, uint32_t *kind)
     int sn_ring_claim(sn_ring *r, int64_t timeout_ns, uint32_t *slot)
     int sn_ring_publish(sn_ring *r, uint32_t slot, uint64_t *seq)
+    int sn_ring_claim_n(sn_ring *r, uint32_t max, int64_t timeout_ns, uint32_t *slots)
+    int sn_ring_publish_n(sn_ring *r, const uint32_t *slots, uint32_t n, uint64_t *first_seq)
     int sn_ring_join(sn_ring *r, uint32_t group, uint32_t *member)
     void sn_ring_leave(sn_ring *r, uint32_t group, uint32_t member)
     int sn_ring_acquire(sn_ring *r, uint32_t group, uint32_t member, uint32_t max,
