@@ -367,3 +367,14 @@ def test_batch_claim_and_publish_respect_the_window_and_order(name):
     assert [stamped_id(f.data) for f in consumer] == list(range(8))
     with pytest.raises(RingError, match="not all claimed"):
         ring.publish_many(np.array([0], np.uint32), headers[:1])
+
+
+@pytest.mark.timeout(30)
+def test_a_segment_that_is_not_a_ring_of_this_version_is_refused(name):
+    with open(f"/dev/shm/sn-ring-{name}", "wb") as f:
+        f.write(b"\x00" * 65536)  # e.g. left by an older build, or not a ring at all
+    with pytest.raises(RingError, match="not a stream-node ring of this version"):
+        Ring.attach(name)
+    ring = Ring.create(name, slots=2, slot_bytes=64)  # no live producer owns it: replaced
+    assert Ring.attach(name).slots == 2
+    ring.close()
