@@ -46,10 +46,11 @@ def node() -> Iterator[Callable[..., subprocess.Popen]]:
     """Start `python -m stream_node ARGS...` as a real process; every one is killed at teardown."""
     started: list[subprocess.Popen] = []
 
-    def start(*args: str) -> subprocess.Popen:
+    def start(*args: str, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stream_node", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=preexec_fn,
         )
         started.append(proc)
         return proc

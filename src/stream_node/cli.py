@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,7 +60,10 @@ def _timing(p: argparse.ArgumentParser) -> None:
 
 
 def _frames(p: argparse.ArgumentParser, default_frames: int) -> None:
-    p.add_argument("--frames", type=_positive(int), default=default_frames)
+    p.add_argument("--frames", type=_positive(int), default=default_frames,
+                   help="frames in the run (for --from file://: at most this many)")
+    p.add_argument("--compress", choices=["none", "bslz4"], default="none",
+                   help="bslz4: workers compress (HDF5 filter 32008), the collector writes bytes")
     p.add_argument("--shape", type=_shape, default=(512, 1024), help="e.g. 512x1024")
     p.add_argument("--dtype", default="uint16", choices=["uint16", "uint32", "float32", "uint8"])
     p.add_argument("--seed", type=int, default=0)
@@ -99,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--workers", type=_positive(int), default=1,
                      help="workers to wait for before frame 0")
     _frames(src, 1000)
+    src.add_argument("--from", dest="origin", default="synthetic:", metavar="ORIGIN",
+                     help="synthetic: (default) or file://RUN.h5 to replay a written run")
+    src.add_argument("--recorded-rate", action="store_true",
+                     help="with --from file://: send at the pace the frames were taken")
     _timing(src)
 
     wrk = sub.add_parser("worker", help="process frames between source and collector",
@@ -120,7 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--drain-timeout", type=_positive(float), default=10.0, metavar="S",
                      help="after END, wait this long without progress before recording the "
                           "rest missing (default 10)")
+    col.add_argument("--flush-interval", type=_positive(float), default=1.0, metavar="S",
+                     help="flush for SWMR readers and crash safety this often (default 1)")
+    col.add_argument("--frames-per-file", type=int, default=0, metavar="N",
+                     help="rotate into numbered files of N frames under a VDS master file")
     _timing(col)
+
+    ins = sub.add_parser("inspect", help="summarise a run file", formatter_class=fmt,
+                         epilog="example:\n  stream-node inspect run.h5\n" + EPILOG)
+    ins.add_argument("file", type=Path)
     return parser
 
 
@@ -136,7 +153,7 @@ def _demo(args: argparse.Namespace) -> int:
         output, frames=args.frames, shape=args.shape, dtype=args.dtype, workers=args.workers,
         rate=args.rate, seed=args.seed, overwrite=args.overwrite, liveness=_liveness(args),
         ready_timeout_s=args.ready_timeout, fanout=args.fanout, ring_slots=args.ring_slots,
-        log_level=args.log_level)
+        compression=args.compress, log_level=args.log_level)
     print(summary.text())
     return summary.exit_code
 
@@ -148,6 +165,7 @@ def _source(args: argparse.Namespace) -> int:
         control=args.control, data=args.data, workers=args.workers, frames=args.frames,
         shape=args.shape, dtype=args.dtype, seed=args.seed, rate=args.rate,
         ring_slots=args.ring_slots, ready_timeout_s=args.ready_timeout,
+        compression=args.compress, origin=args.origin, recorded_rate=args.recorded_rate,
         liveness=_liveness(args))).run()
     print(summary.text())
     return summary.exit_code
@@ -164,20 +182,49 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _collector(args: argparse.Namespace) -> int:
     from stream_node.collector import Collector, CollectorConfig
+    from stream_node.errors import StorageError
 
-    summary = Collector(CollectorConfig(
+    collector = Collector(CollectorConfig(
         control=args.control, input=args.input, path=args.file, overwrite=args.overwrite,
         drain_timeout_s=args.drain_timeout, ready_timeout_s=args.ready_timeout,
-        liveness=_liveness(args))).run()
+        flush_interval_s=args.flush_interval, frames_per_file=args.frames_per_file,
+        liveness=_liveness(args)))
+    try:
+        summary = collector.run()
+    except StorageError as exc:
+        if collector.writer is None or not collector.writer.abandoned:
+            raise
+        # The output file was abandoned after a failed write: end now, before HDF5's exit-time
+        # close can write metadata the disk has no room for (it would spoil the flushed file).
+        print(f"stream-node collector: error: {exc}", file=sys.stderr, flush=True)
+        zmq.Context.instance().destroy(linger=2000)
+        os._exit(int(exc.exit_code))
     return ExitCode.OK if summary.get("missing", 1) == 0 else ExitCode.FRAMES_MISSING
 
 
-COMMANDS = {"demo": _demo, "source": _source, "worker": _worker, "collector": _collector}
+def _inspect(args: argparse.Namespace) -> int:
+    from stream_node.inspect import describe
+
+    print(describe(args.file))
+    return ExitCode.OK
+
+
+COMMANDS = {"demo": _demo, "source": _source, "worker": _worker, "collector": _collector,
+            "inspect": _inspect}
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a node the way Ctrl-C does: it finalises what it holds, then exits."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.log_level = args.log_level or ("WARNING" if args.command == "demo" else "INFO")
+    args.log_level = args.log_level or (
+        "WARNING" if args.command in ("demo", "inspect") else "INFO")
+    signal.signal(signal.SIGTERM, _terminate)
+    # A file-size limit must give an I/O error the collector reports, not kill it silently.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -185,8 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamNodeError as exc:
         print(f"stream-node {args.command}: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        print(f"stream-node {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"stream-node {args.command}: interrupted ({exc or 'SIGINT'}), finalised",
+              file=sys.stderr)
         return int(ExitCode.ABORTED)
     finally:
         # Zero-copy messages still queued refer to Python buffers: the context must finish

@@ -17,7 +17,7 @@ import numpy as np
 import zmq
 
 from stream_node.control import ControlLink, Liveness
-from stream_node.errors import ProtocolError, RunAborted, StreamNodeError
+from stream_node.errors import ExitCode, ProtocolError, RunAborted, StorageError, StreamNodeError
 from stream_node.frame import Encoding, FrameHeader, MsgType, dtype_code
 from stream_node.node import DropLedger
 from stream_node.run_writer import RunWriter
@@ -36,6 +36,8 @@ class CollectorConfig:
     overwrite: bool = False
     drain_timeout_s: float = 10.0
     ready_timeout_s: float = 30.0
+    flush_interval_s: float = 1.0  # a crash loses at most this much; SWMR readers see this late
+    frames_per_file: int = 0  # > 0: numbered data files of this many frames + a VDS master
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
     name: str = "collector"
@@ -68,8 +70,19 @@ class Collector:
                      cfg.limits.describe(self._frame_bytes))
             try:
                 self._collect(link, pull)
+            except StorageError as exc:
+                # The file cannot take more: say so and close it. No more writes are tried (the
+                # ledger included): what the last flush recorded stays valid and readable.
+                link.send(MsgType.ABORT, {"reason": str(exc), "exit_code": int(exc.exit_code)})
+                assert self.writer is not None
+                self.writer.abandon()
+                raise
             except (StreamNodeError, KeyboardInterrupt) as exc:
-                self._finish(link, f"run ended early: {exc or type(exc).__name__}", {})
+                reason = f"run ended early: {exc or type(exc).__name__}"
+                if isinstance(exc, KeyboardInterrupt):  # stopped here: the source must know
+                    link.send(MsgType.ABORT, {"reason": f"collector stopped ({exc or 'SIGINT'})",
+                                              "exit_code": int(ExitCode.ABORTED)})
+                self._finish(link, reason, {})
                 raise
             return self.summary
         finally:
@@ -86,18 +99,28 @@ class Collector:
         self._first = int(start.get("first_frame_id", 0))
         self._expected = int(start.get("frames", -1))
         self._frame_bytes = int(np.prod(self._shape)) * self._dtype.itemsize
-        metadata = {"run_id": run_id, "run_id_hex": f"{run_id:#018x}", "start": start}
+        compression = start.get("compression")
+        self._encoding = Encoding.BSLZ4 if compression == "bslz4" else Encoding.RAW
+        metadata = {"run_id": run_id, "run_id_hex": f"{run_id:#018x}", "start": start,
+                    "configuration": {"drain_timeout_s": self.cfg.drain_timeout_s,
+                                      "flush_interval_s": self.cfg.flush_interval_s,
+                                      "frames_per_file": self.cfg.frames_per_file}}
         self.writer = RunWriter(self.cfg.path, self._shape, self._dtype, max(self._expected, 0),
-                                self._first, metadata, self.cfg.overwrite)
+                                self._first, metadata, self.cfg.overwrite, compression,
+                                self.cfg.frames_per_file, start.get("detector"))
 
     def _collect(self, link: ControlLink, pull: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(link.sock, zmq.POLLIN)
         drained_sent = False
-        last_progress = time.monotonic()
+        last_progress = next_flush = time.monotonic()
         while True:
             events = dict(poller.poll(100))
+            if time.monotonic() >= next_flush:
+                assert self.writer is not None
+                self.writer.flush(self._live_counters())
+                next_flush = time.monotonic() + self.cfg.flush_interval_s
             if pull in events and not drained_sent and self._take_frames(pull):
                 last_progress = time.monotonic()
             msg = link.recv_ready() if link.sock in events else None
@@ -163,9 +186,10 @@ class Collector:
         if header.shape != self._shape or header.dtype_code != self._dtype_code:
             return (f"shape {header.shape} dtype code {header.dtype_code} differ from the run's "
                     f"{self._shape} {self._dtype}")
-        if header.encoding != Encoding.RAW:
-            return f"encoding {header.encoding} is not supported by this collector"
-        if nbytes != header.payload_bytes:
+        if header.encoding != self._encoding:
+            return f"encoding {header.encoding} differs from the run's ({self._encoding})"
+        if nbytes != header.payload_bytes or (
+                self._encoding == Encoding.RAW and nbytes != self._frame_bytes):
             return f"payload has {nbytes} bytes, header says {header.payload_bytes}"
         if header.frame_id < self._first or (
             0 <= self._expected <= header.frame_id - self._first
@@ -197,6 +221,11 @@ class Collector:
         self.summary = self._counters(count)
         return self.summary
 
+    def _live_counters(self) -> dict[str, Any]:
+        counters = {"frames_expected": self._count()}
+        counters.update({f"dropped_{k}": n for k, n in self.drops.as_dict().items()})
+        return counters
+
     def _counters(self, count: int) -> dict[str, Any]:
         assert self.writer is not None
         return {
@@ -205,6 +234,7 @@ class Collector:
             "frames_expected": count,
             "frames_written": self.writer.frames_written,
             "bytes_written": self.writer.bytes_written,
+            "bytes_stored": self.writer.bytes_stored,
             "missing": len(self._missing_reasons),
             "duplicates": self.writer.duplicates,
             "dropped": self.drops.as_dict(),
@@ -212,16 +242,15 @@ class Collector:
 
     def _finish(self, link: ControlLink, early_reason: str | None, final: dict) -> None:
         """Write the ledger and counters, close the file, and report DONE."""
-        if self.writer is None:
+        if self.writer is None or not self.writer.is_open:
             return
         if early_reason is not None:
             self._drain_result(early_reason)
         count = self._count()
-        counters = {k: v for k, v in self.summary.items() if k not in ("path", "dropped")}
-        for kind, n in self.drops.as_dict().items():
-            counters[f"dropped_{kind}"] = n
-        self.writer.finalize(count, self._missing_reasons, counters, final)
-        self.writer.close()
+        try:
+            self.writer.finalize(count, self._missing_reasons, self._live_counters(), final)
+        finally:
+            self.writer.close()
         log.info("collector: %s closed: %d frames written, %d missing", self.cfg.path,
                  self.writer.frames_written, len(self._missing_reasons))
         if early_reason is None:

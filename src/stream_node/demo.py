@@ -34,6 +34,7 @@ def run_local_pipeline(
     ready_timeout_s: float = 60.0,
     fanout: str = "ring",
     ring_slots: int = 16,
+    compression: str = "none",
 ) -> RunSummary:
     """Run synthetic source -> `workers` worker processes -> collector process -> HDF5 file.
 
@@ -59,7 +60,8 @@ def run_local_pipeline(
             source = Source(SourceConfig(
                 control=control, data=fanout, workers=workers, frames=frames, shape=shape,
                 dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
-                liveness=liveness, ring_slots=ring_slots))
+                liveness=liveness, ring_slots=ring_slots,
+                compression=None if compression == "none" else compression))
             summary = source.run()
             # Ring: the frame is generated in its slot and read there; the worker copies it
             # into its message to the collector (1); the kernel copies it into and out of the

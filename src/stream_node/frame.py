@@ -26,6 +26,7 @@ __all__ = [
     "dtype_of",
     "frame_header",
     "payload_view",
+    "reencoded",
 ]
 
 
@@ -88,6 +89,16 @@ def frame_header(
         encoding=Encoding.RAW,
         timestamp_ns=time.time_ns() if timestamp_ns is None else timestamp_ns,
         sender=sender,
+    )
+
+
+def reencoded(header: FrameHeader, encoding: Encoding, payload_bytes: int,
+              sender: int) -> FrameHeader:
+    """The same frame's header after a worker changed its payload's encoding."""
+    return FrameHeader(
+        header.msg_type, run_id=header.run_id, frame_id=header.frame_id, shape=header.shape,
+        dtype_code=header.dtype_code, encoding=encoding, payload_bytes=payload_bytes,
+        timestamp_ns=header.timestamp_ns, flags=header.flags, sender=sender,
     )
 
 

@@ -30,13 +30,24 @@ class Run:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
-        value = value.decode()
+        value = value.rstrip(b"\0").decode()
     if isinstance(value, str) and value[:1] in "{[":
         try:
             return json.loads(value)
         except ValueError:
             return value
     return value.item() if isinstance(value, np.generic) else value
+
+
+def open_run(path: str | Path) -> h5py.File:
+    """Open a run file for reading, also one whose writer is still running or was stopped
+    without closing it (a crash, a full disk): SWMR mode reads what its last flush recorded."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "already open for write" not in str(exc):
+            raise
+        return h5py.File(path, "r", swmr=True)
 
 
 def read_run(path: str | Path, frames: slice | None = None) -> Run:
@@ -47,7 +58,7 @@ def read_run(path: str | Path, frames: slice | None = None) -> Run:
     ((1000, 512, 1024), {})
     """
     select = frames if frames is not None else slice(None)
-    with h5py.File(path, "r") as f:
+    with open_run(path) as f:
         entry = f["entry"]
         data = entry["data/data"][select]
         records = entry.get("frames")
@@ -59,11 +70,17 @@ def read_run(path: str | Path, frames: slice | None = None) -> Run:
             received = np.ones(len(ids), bool)
         missing: dict[int, str] = {}
         if "missing" in entry:
-            reasons = entry["missing/reason"].asstr()[()]
-            missing = {int(i): str(r) for i, r in zip(entry["missing/frame_id"][()], reasons,
-                                                      strict=True)}
+            reasons = [_plain(r) for r in entry["missing/reason"][()]]
+            missing = {int(i): r for i, r in zip(entry["missing/frame_id"][()], reasons,
+                                                  strict=True)}
         metadata = {k: _plain(v) for k, v in entry.attrs.items()}
-        counters = {}
-        if "stream_node" in entry:
-            counters = {k: _plain(v) for k, v in entry["stream_node"].attrs.items()}
+        for name in ("start_time", "end_time"):
+            if name in entry:
+                metadata[name] = _plain(entry[name][()])
+        counters: dict[str, Any] = {}
+        if "stream_node/counters" in entry:
+            values = entry["stream_node/counters"]
+            counters = {str(_plain(n)): int(v) for n, v in zip(values.attrs["names"], values[()],
+                                                               strict=True)}
+            counters["reports"] = json.loads(entry["stream_node/reports"][()].tobytes() or b"{}")
     return Run(data, ids, received, metadata, missing, counters)

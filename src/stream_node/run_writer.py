@@ -1,17 +1,27 @@
 """The HDF5 file of one run: frames as direct chunks at their index, per-frame records, the ledger.
 
-Layout (NeXus-style, readable by any HDF5 tool; no stream-node needed to read it):
+Layout (NeXus-style, readable by any HDF5 tool with the bitshuffle plugin; no stream-node needed):
 
-    /entry                      NXentry; run metadata as attributes
-    /entry/data/data            frames x ny x nx, one frame per chunk, 0 where a frame is missing
+    /entry                          NXentry; run metadata as attributes; start_time, end_time
+    /entry/instrument/detector      NXdetector: frame geometry, bit depth, detector metadata
+    /entry/data/data                frames x ny x nx, one frame per chunk, 0 where one is missing
+                                    (a virtual dataset over numbered data files when rotating)
     /entry/frames/{frame_id, timestamp_ns, arrival_ns, worker, received}
     /entry/missing/{frame_id, reason}   every expected id that never arrived, and why
-    /entry/stream_node          counters (attributes) and the nodes' final reports
+    /entry/stream_node/counters     int64 values, names in its "names" attribute
+    /entry/stream_node/reports      the nodes' final reports, JSON bytes
+
+Every object exists before the file switches to SWMR, and afterwards only dataset contents and
+sizes change: analysis code can open it with `swmr=True` and read frames while the run goes on.
+`flush()` (every `flush_interval_s` from the collector) makes what was written durable and
+visible, so a crash loses at most that interval and the file stays valid.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,78 +30,205 @@ import h5py
 import numpy as np
 
 from stream_node import __version__
-from stream_node.errors import OutputExistsError, StorageError
+from stream_node.compression import hdf5_filter
+from stream_node.errors import ConfigError, OutputExistsError, StorageError
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("frames_expected", "frames_written", "bytes_written", "bytes_stored", "missing",
+            "duplicates", "dropped_malformed", "dropped_foreign", "dropped_invalid",
+            "dropped_unexpected")
+REASON_BYTES = 240
+_GROW = 4096
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _brief(exc: Exception) -> str:
+    """HDF5's message without its multi-line dump of buffers and offsets."""
+    text = str(exc).split(" (", 1)[0]
+    errno = getattr(exc, "errno", None)
+    return f"{text} ({os.strerror(errno)})" if errno else text
+
+
+def _attr(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str)) else json.dumps(value)
 
 
 class RunWriter:
-    """Writes frames that arrive in any order exactly once each, at index frame_id - first_id."""
+    """Writes frames that arrive in any order exactly once each, at index frame_id - first_id.
+
+    `compression="bslz4"`: payloads are filter-32008 chunks made by the workers and written as
+    they are; `frames_per_file=N`: frames go to numbered files of N frames and `path` becomes the
+    master file presenting them as one virtual /entry/data/data (needs a known frame count).
+    """
 
     def __init__(
         self,
         path: str | Path,
         frame_shape: tuple[int, ...],
-        dtype: np.dtype,
+        dtype: np.dtype | str,
         expected_frames: int,
         first_frame_id: int = 0,
         metadata: dict[str, Any] | None = None,
         overwrite: bool = False,
+        compression: str | None = None,
+        frames_per_file: int = 0,
+        detector: dict[str, Any] | None = None,
     ) -> None:
+        if compression not in (None, "none", "bslz4"):
+            raise ConfigError(f"compression {compression!r}: use 'bslz4' or none")
+        if frames_per_file and expected_frames <= 0:
+            raise ConfigError("rotating files (frames per file) needs the run's frame count")
         self.path = Path(path)
-        self.frame_shape = tuple(frame_shape)
+        self.frame_shape = tuple(int(n) for n in frame_shape)
         self.dtype = np.dtype(dtype)
         self.first_frame_id = first_frame_id
+        self.compression = compression if compression == "bslz4" else None
+        self.frames_per_file = frames_per_file if 0 < frames_per_file < expected_frames else 0
+        self.overwrite = overwrite
         self.frames_written = 0
-        self.bytes_written = 0
+        self.bytes_written = 0  # frame bytes as the detector made them
+        self.bytes_stored = 0  # bytes on disk (after compression)
         self.duplicates = 0
         self.last_index = -1
-        if self.path.exists() and not overwrite:
-            raise OutputExistsError(
-                f"output file {self.path} exists: pass --overwrite to replace it, or choose "
-                "another file"
-            )
-        try:
-            # 'x' fails if another process creates the file between the check and here.
-            self._file = h5py.File(self.path, "w" if overwrite else "x", libver="v110")
-        except FileExistsError as exc:
-            raise OutputExistsError(f"output file {self.path} exists: {exc}") from None
-        except OSError as exc:
-            raise StorageError(f"cannot create output file {self.path}: {exc}") from None
+        self.last_written: int | None = None  # frame id of the most recent write
+        self._zeros = (0,) * len(self.frame_shape)
+        self._frame_nbytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
         size = max(expected_frames, 0)
         self._received = np.zeros(size, bool)
         self._timestamp = np.zeros(size, np.uint64)
         self._arrival = np.zeros(size, np.uint64)
         self._worker = np.full(size, -1, np.int32)
-        entry = self._file.create_group("entry")
+        self._dirty = [size, 0]  # the range of per-frame records not yet in the file
+        self._data_files: dict[int, h5py.File] = {}
+        self._made: set[int] = set()  # data files created by this run (reopened, not refused)
+        self._closed = False
+        self.abandoned = False
+        self._file = self._create(self.path)
+        try:
+            self._layout(size, metadata or {}, detector or {})
+            self._file.swmr_mode = True
+        except BaseException:
+            self._file.close()
+            raise
+
+    # -- creation ----------------------------------------------------------------------------
+
+    def _create(self, path: Path) -> h5py.File:
+        if path.exists() and not self.overwrite:
+            raise OutputExistsError(
+                f"output file {path} exists: pass --overwrite to replace it, or choose another")
+        try:
+            # 'x' fails if another process creates the file between the check and here.
+            return h5py.File(path, "w" if self.overwrite else "x", libver="latest")
+        except FileExistsError as exc:
+            raise OutputExistsError(f"output file {path} exists: {exc}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot create output file {path}: {exc}") from None
+
+    def _frame_dataset(self, group: h5py.Group, n: int, resizable: bool) -> h5py.Dataset:
+        return group.create_dataset(
+            "data", shape=(n, *self.frame_shape),
+            maxshape=(None if resizable else n, *self.frame_shape),
+            chunks=(1, *self.frame_shape), dtype=self.dtype, fillvalue=0,
+            **(hdf5_filter() if self.compression else {}))
+
+    def _layout(self, size: int, metadata: dict[str, Any], detector: dict[str, Any]) -> None:
+        f = self._file
+        entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
         entry.attrs["software"] = "stream-node"
         entry.attrs["software_version"] = __version__
-        entry.attrs["file_created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        for key, value in (metadata or {}).items():
-            entry.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+        for key, value in metadata.items():
+            entry.attrs[key] = _attr(value)
+        entry["start_time"] = _now()
+        entry.create_dataset("end_time", shape=(), dtype=h5py.string_dtype(length=32))
+        inst = entry.create_group("instrument")
+        inst.attrs["NX_class"] = "NXinstrument"
+        det = inst.create_group("detector")
+        det.attrs["NX_class"] = "NXdetector"
+        det["frame_shape"] = np.array(self.frame_shape, np.int64)
+        det["bit_depth_readout"] = self.dtype.itemsize * 8
+        for key, value in detector.items():
+            det[key] = value
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
-        self._dset = data.create_dataset(
-            "data",
-            shape=(size, *self.frame_shape),
-            maxshape=(None, *self.frame_shape),
-            chunks=(1, *self.frame_shape),
-            dtype=self.dtype,
-            fillvalue=0,
-        )
-        self._zeros = (0,) * len(self.frame_shape)
+        if self.frames_per_file:
+            self._virtual_data(data, size)
+        else:
+            self._dset = self._frame_dataset(data, size, resizable=True)
+        frames = entry.create_group("frames")
+        frames.attrs["NX_class"] = "NXcollection"
+        for name, dtype in (("frame_id", np.uint64), ("timestamp_ns", np.uint64),
+                            ("arrival_ns", np.uint64), ("worker", np.int32),
+                            ("received", np.uint8)):
+            frames.create_dataset(name, shape=(size,), maxshape=(None,), dtype=dtype,
+                                  chunks=(_GROW,), fillvalue=-1 if name == "worker" else 0)
+        if size:
+            ids = np.arange(size, dtype=np.uint64)
+            frames["frame_id"][:] = ids + np.uint64(self.first_frame_id)
+        missing = entry.create_group("missing")
+        missing.attrs["NX_class"] = "NXcollection"
+        missing.create_dataset("frame_id", shape=(0,), maxshape=(None,), dtype=np.uint64,
+                               chunks=(_GROW,))
+        missing.create_dataset("reason", shape=(0,), maxshape=(None,), chunks=(256,),
+                               dtype=h5py.string_dtype(length=REASON_BYTES))
+        node = entry.create_group("stream_node")
+        node.attrs["NX_class"] = "NXcollection"
+        counters = node.create_dataset("counters", data=np.zeros(len(COUNTERS), np.int64))
+        counters.attrs["names"] = list(COUNTERS)
+        node.create_dataset("reports", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                            chunks=(65536,))
+
+    def _data_file_path(self, k: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}_{k + 1:06d}{self.path.suffix}")
+
+    def _virtual_data(self, data: h5py.Group, size: int) -> None:
+        n = self.frames_per_file
+        layout = h5py.VirtualLayout(shape=(size, *self.frame_shape), dtype=self.dtype)
+        for k in range((size + n - 1) // n):
+            count = min(n, size - k * n)
+            source = h5py.VirtualSource(self._data_file_path(k).name, "entry/data/data",
+                                        shape=(count, *self.frame_shape))
+            layout[k * n: k * n + count] = source
+        data.create_virtual_dataset("data", layout, fillvalue=0)
+
+    def _data_file(self, k: int) -> h5py.Dataset:
+        """The dataset of data file k, created (or reopened) on first use; few stay open."""
+        f = self._data_files.get(k)
+        if f is None:
+            path = self._data_file_path(k)
+            n = min(self.frames_per_file, self.capacity - k * self.frames_per_file)
+            if path.exists() and k in self._made:
+                f = h5py.File(path, "r+", libver="latest")
+            else:
+                f = self._create(path)
+                self._frame_dataset(f.create_group("entry").create_group("data"), n, False)
+                self._made.add(k)
+            f.swmr_mode = True
+            if len(self._data_files) >= 4:  # frames arrive nearly in order: few files are live
+                oldest = min(self._data_files)
+                self._data_files.pop(oldest).close()
+            self._data_files[k] = f
+        return f["entry/data/data"]
+
+    # -- writing -----------------------------------------------------------------------------
 
     @property
     def capacity(self) -> int:
         return len(self._received)
 
     def _grow(self, index: int) -> None:
-        """Runs whose length is unknown grow the file geometrically (rare, never per frame)."""
+        """Runs of unknown length grow geometrically (rare: never per frame)."""
         size = max(index + 1, 2 * self.capacity, 16)
         self._dset.resize(size, axis=0)
         for name in ("_received", "_timestamp", "_arrival", "_worker"):
             old = getattr(self, name)
-            new = np.zeros(size, old.dtype) if name != "_worker" else np.full(size, -1, old.dtype)
+            new = np.full(size, -1, old.dtype) if name == "_worker" else np.zeros(size, old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
 
@@ -101,24 +238,36 @@ class RunWriter:
     def write(self, index: int, payload: Any, timestamp_ns: int, worker: int) -> bool:
         """Write one frame's bytes as its chunk; False (and counted) if that index is written."""
         if index >= self.capacity:
+            if self.frames_per_file:
+                raise StorageError(f"frame {index + self.first_frame_id} is beyond the run's "
+                                   f"{self.capacity} frames")
             self._grow(index)
         if self._received[index]:
             self.duplicates += 1
             return False
         try:
-            self._dset.id.write_direct_chunk((index, *self._zeros), payload)
+            if self.frames_per_file:
+                k, at = divmod(index, self.frames_per_file)
+                self._data_file(k).id.write_direct_chunk((at, *self._zeros), payload)
+            else:
+                self._dset.id.write_direct_chunk((index, *self._zeros), payload)
         except OSError as exc:
+            last = "none" if self.last_written is None else str(self.last_written)
             raise StorageError(
-                f"writing frame {index + self.first_frame_id} to {self.path} failed: {exc}; "
-                f"{self.frames_written} frames written before it stay readable"
-            ) from None
+                f"writing frame {index + self.first_frame_id} to {self.path} failed: "
+                f"{_brief(exc)}; "
+                f"the last frame written was {last}, and the {self.frames_written} frames "
+                "written before stay readable") from None
         self._received[index] = True
         self._timestamp[index] = timestamp_ns
         self._arrival[index] = time.time_ns()
         self._worker[index] = worker
+        self._dirty = [min(self._dirty[0], index), max(self._dirty[1], index + 1)]
         self.frames_written += 1
-        self.bytes_written += memoryview(payload).nbytes
+        self.bytes_written += self._frame_nbytes
+        self.bytes_stored += memoryview(payload).nbytes
         self.last_index = max(self.last_index, index)
+        self.last_written = index + self.first_frame_id
         return True
 
     def missing_indexes(self, count: int) -> np.ndarray:
@@ -127,37 +276,95 @@ class RunWriter:
             self._grow(count - 1)
         return np.flatnonzero(~self._received[:count])
 
+    def _records(self) -> None:
+        lo, hi = self._dirty
+        if lo >= hi:
+            return
+        frames = self._file["entry/frames"]
+        if frames["received"].shape[0] < self.capacity:
+            for name in ("frame_id", "timestamp_ns", "arrival_ns", "worker", "received"):
+                frames[name].resize((self.capacity,))
+            frames["frame_id"][:] = (np.arange(self.capacity, dtype=np.uint64)
+                                     + np.uint64(self.first_frame_id))
+        frames["timestamp_ns"][lo:hi] = self._timestamp[lo:hi]
+        frames["arrival_ns"][lo:hi] = self._arrival[lo:hi]
+        frames["worker"][lo:hi] = self._worker[lo:hi]
+        frames["received"][lo:hi] = self._received[lo:hi]
+        self._dirty = [self.capacity, 0]
+
+    def _counters(self, values: dict[str, Any]) -> None:
+        own = {"frames_written": self.frames_written, "bytes_written": self.bytes_written,
+               "bytes_stored": self.bytes_stored, "duplicates": self.duplicates}
+        merged = {**values, **own}
+        self._file["entry/stream_node/counters"][:] = [int(merged.get(n, 0)) for n in COUNTERS]
+
+    def flush(self, counters: dict[str, Any] | None = None) -> None:
+        """Make every frame written so far durable and visible to SWMR readers."""
+        try:
+            self._records()
+            self._counters(counters or {})
+            for f in self._data_files.values():
+                f.flush()
+            self._file.flush()
+        except OSError as exc:
+            raise StorageError(f"flushing {self.path} failed: {_brief(exc)}") from None
+
     def finalize(self, count: int, missing_reasons: dict[int, str], counters: dict[str, Any],
                  reports: dict[str, Any] | None = None) -> None:
         """Trim to `count` frames, write the per-frame records, the ledger and the counters."""
         try:
-            if count != self.capacity:
+            if count != self.capacity and not self.frames_per_file:
                 self._dset.resize(count, axis=0)
+                for name in ("_received", "_timestamp", "_arrival", "_worker"):
+                    setattr(self, name, getattr(self, name)[:count])
+                self._dirty = [0, count]
+                frames = self._file["entry/frames"]
+                for name in ("frame_id", "timestamp_ns", "arrival_ns", "worker", "received"):
+                    frames[name].resize((count,))
+                frames["frame_id"][:] = (np.arange(count, dtype=np.uint64)
+                                         + np.uint64(self.first_frame_id))
             entry = self._file["entry"]
-            frames = entry.create_group("frames")
-            frames.attrs["NX_class"] = "NXcollection"
-            frames["frame_id"] = np.arange(count, dtype=np.uint64) + np.uint64(self.first_frame_id)
-            frames["timestamp_ns"] = self._timestamp[:count]
-            frames["arrival_ns"] = self._arrival[:count]
-            frames["worker"] = self._worker[:count]
-            frames["received"] = self._received[:count].astype(np.uint8)
-            missing = entry.create_group("missing")
-            missing.attrs["NX_class"] = "NXcollection"
             ids = np.array(sorted(missing_reasons), dtype=np.uint64)
-            missing["frame_id"] = ids + np.uint64(self.first_frame_id)
-            missing.create_dataset(
-                "reason", data=[missing_reasons[int(i)] for i in ids], dtype=h5py.string_dtype()
-            )
-            node = entry.create_group("stream_node")
-            node.attrs["NX_class"] = "NXcollection"
-            for key, value in counters.items():
-                node.attrs[key] = value
-            node.attrs["reports"] = json.dumps(reports or {})
-            entry.attrs["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            self._file.flush()
+            entry["missing/frame_id"].resize((len(ids),))
+            entry["missing/frame_id"][:] = ids + np.uint64(self.first_frame_id)
+            entry["missing/reason"].resize((len(ids),))
+            if len(ids):
+                entry["missing/reason"][:] = [
+                    missing_reasons[int(i)].encode()[:REASON_BYTES] for i in ids]
+            blob = np.frombuffer(json.dumps(reports or {}).encode(), np.uint8)
+            entry["stream_node/reports"].resize((len(blob),))
+            entry["stream_node/reports"][:] = blob
+            entry["end_time"][()] = _now()
+            self.flush({**counters, "missing": len(ids)})
         except OSError as exc:
-            raise StorageError(f"finalising {self.path} failed: {exc}") from None
+            raise StorageError(f"finalising {self.path} failed: {_brief(exc)}") from None
+
+    def abandon(self) -> None:
+        """After a failed write: touch the files no more. Closing would make HDF5 write a
+        superblock for space the disk refused, and the file would no longer open; left alone,
+        the file is what the last flush (SWMR-consistent) made it. The process must then end
+        without HDF5's exit-time close: see cli's collector command."""
+        self._closed = True
+        self.abandoned = True
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
 
     def close(self) -> None:
-        if self._file.id.valid:
-            self._file.close()
+        """Close every file, once; after a failed write HDF5 may refuse to close cleanly (and
+        the handle must not be touched again), while what was flushed stays valid: that refusal
+        is logged, not raised."""
+        if self._closed:
+            return
+        self._closed = True
+        files = [*self._data_files.values(), self._file]
+        self._data_files.clear()
+        self.__dict__.pop("_dset", None)
+        for f in files:
+            try:
+                if f.id.valid:
+                    name = f.filename  # not to be asked of a file whose close failed
+                    f.close()
+            except (OSError, RuntimeError) as exc:
+                log.warning("closing %s after an error: %s", name, _brief(exc))

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import zmq
 
 from stream_node import __version__
 from stream_node.control import ControlHub, Inbound, Liveness, Peer
 from stream_node.endpoints import FrameOutput, open_output
-from stream_node.errors import ExitCode, PeerTimeout, RunAborted, StreamNodeError
+from stream_node.errors import ConfigError, ExitCode, PeerTimeout, RunAborted, StreamNodeError
 from stream_node.frame import MsgType, frame_header
+from stream_node.replay import FILE, FileReplay
 from stream_node.synthetic import SyntheticDetector
 from stream_node.transport import LinkLimits
 
@@ -38,6 +38,9 @@ class SourceConfig:
     rate: float = 0.0  # frames per second; 0 sends as fast as the pipeline takes them
     run_id: int | None = None
     ring_slots: int = 16  # frames in flight when `data` is ring://NAME
+    compression: str | None = None  # "bslz4": workers compress, the collector writes bytes
+    origin: str = "synthetic:"  # or file://PATH: replay a written run
+    recorded_rate: bool = False  # file:// only: send at the pace the frames were taken
     ready_timeout_s: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
@@ -100,15 +103,33 @@ class Source:
         self.cfg = config
         self.ctx = ctx or zmq.Context.instance()
         self.run_id = config.run_id if config.run_id is not None else secrets.randbits(63) | 1
-        self.detector = SyntheticDetector(config.shape, config.dtype, config.seed)
+        self.replay: FileReplay | None = None
+        if config.origin.startswith(FILE):
+            self.replay = FileReplay(config.origin[len(FILE):])
+            self.detector: SyntheticDetector | FileReplay = self.replay
+            self.first_id = self.replay.first_id
+            self.count = min(config.frames, self.replay.count) if config.frames else (
+                self.replay.count)
+        elif config.origin == "synthetic:":
+            self.detector = SyntheticDetector(config.shape, config.dtype, config.seed)
+            self.first_id, self.count = 0, config.frames
+        else:
+            raise ConfigError(f"unknown frame origin {config.origin!r}: use synthetic: or "
+                              "file://PATH")
         self.sent = 0
+        self.last_id = -1
         self.stalls = 0
 
     def start_body(self) -> dict[str, Any]:
         c = self.cfg
-        return {"shape": list(c.shape), "dtype": str(np.dtype(c.dtype)), "frames": c.frames,
-                "first_frame_id": 0, "source": "synthetic", "seed": c.seed,
-                "rate": c.rate, "workers": c.workers, "software_version": __version__}
+        origin: dict[str, Any] = {"source": c.origin, "seed": c.seed}
+        if self.replay is not None:
+            origin = {"source": c.origin, "replay_of_run_id": self.replay.run_id}
+        return {"shape": list(self.detector.shape), "dtype": str(self.detector.dtype),
+                "frames": self.count, "first_frame_id": self.first_id, **origin,
+                "rate": c.rate, "workers": c.workers, "software_version": __version__,
+                "compression": c.compression or "none",
+                "detector": {"description": "stream-node synthetic detector"}}
 
     def run(self) -> RunSummary:
         # The data output exists before the hub answers HELLO, so a worker told START finds it.
@@ -121,8 +142,8 @@ class Source:
             out.close()
             raise
         try:
-            log.info("source: run %#x, %d frames %s %s; %s", self.run_id, self.cfg.frames,
-                     self.cfg.shape, self.cfg.dtype, out.describe())
+            log.info("source: run %#x, %d frames %s %s from %s; %s", self.run_id, self.count,
+                     self.detector.shape, self.detector.dtype, self.cfg.origin, out.describe())
             self._wait_ready(hub)
             t0 = time.monotonic()
             self._send_all(hub, out)
@@ -134,6 +155,8 @@ class Source:
         finally:
             out.close()
             hub.close()
+            if self.replay is not None:
+                self.replay.close()
 
     # -- start -------------------------------------------------------------------------------
 
@@ -160,10 +183,16 @@ class Source:
     def _send_all(self, hub: ControlHub, out: FrameOutput) -> None:
         cfg = self.cfg
         shape, dtype = self.detector.shape, self.detector.dtype
+        if self.replay is not None:
+            ids = self.replay.ids(self.count)
+        else:
+            ids = iter(range(self.first_id, self.first_id + self.count))
         t0 = next_check = time.monotonic()
-        for frame_id in range(cfg.frames):
-            if cfg.rate > 0:
-                self._pace(hub, t0 + frame_id / cfg.rate)
+        for n, frame_id in enumerate(ids):
+            if self.replay is not None and cfg.recorded_rate:
+                self._pace(hub, t0 + self.replay.recorded_offset_s(frame_id))
+            elif cfg.rate > 0:
+                self._pace(hub, t0 + n / cfg.rate)
             stalled = Stall()
             while (buffer := out.reserve(shape, dtype, 100)) is None:
                 self._stalled(hub, stalled)
@@ -177,6 +206,7 @@ class Source:
                 self._stalled(hub, stalled)
                 out.reserve(shape, dtype, 100)  # wait until some worker can take it
             self.sent += 1
+            self.last_id = frame_id
         out.end()
 
     def _pace(self, hub: ControlHub, due: float) -> None:
@@ -221,7 +251,8 @@ class Source:
     # -- end ---------------------------------------------------------------------------------
 
     def _end(self, hub: ControlHub, out: FrameOutput, t0: float) -> RunSummary:
-        last = self.sent - 1
+        # The run's last id: what was planned, so frames a replayed file lacks count missing.
+        last = self.first_id + self.count - 1 if self.sent else self.first_id - 1
         hub.broadcast(MsgType.END, {"last_frame_id": last, "frame_count": self.sent},
                       frame_id=max(last, 0))
         collector = hub.peers_of("collector")[0]

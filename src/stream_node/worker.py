@@ -13,10 +13,11 @@ from typing import Any
 
 import zmq
 
+from stream_node import compression
 from stream_node.control import ControlLink, Liveness
 from stream_node.endpoints import FrameInput, open_input
 from stream_node.errors import ProtocolError, RunAborted
-from stream_node.frame import FrameHeader, MsgType
+from stream_node.frame import Encoding, FrameHeader, MsgType, payload_view, reencoded
 from stream_node.node import DropLedger
 from stream_node.transport import HandshakeWatch, LinkLimits, connect, data_socket, send_frame
 
@@ -42,6 +43,7 @@ class Worker:
         self.drops = DropLedger(f"worker {config.name}")
         self.frames = 0
         self.bytes = 0
+        self.compress = False
         self.stalls = 0
 
     def report(self) -> dict[str, Any]:
@@ -58,7 +60,8 @@ class Worker:
         try:
             inp = open_input(self.ctx, cfg.inputs, cfg.limits)
             connect(push, cfg.output, "collector's input")
-            link.wait_start(cfg.ready_timeout_s)
+            start = link.wait_start(cfg.ready_timeout_s)
+            self.compress = start.get("compression") == "bslz4"
 
             def listen() -> None:  # an ABORT (e.g. the collector refused the run) ends the wait
                 if link.sock.poll(0) and self._command(link, link.recv_ready()):
@@ -122,8 +125,16 @@ class Worker:
             self.drops.drop("invalid", f"frame {header.frame_id}: payload has {nbytes} "
                             f"bytes, header says {header.payload_bytes}")
             return
-        header.sender = self.cfg.index
-        self._send(link, push, header.pack(), parts[1], copy)
+        payload = parts[1]
+        if self.compress and header.encoding == Encoding.RAW:
+            # Compressed here, in parallel workers, so the collector only writes bytes; the
+            # chunk is a new buffer, so it goes zero-copy even from a ring slot.
+            payload = compression.compress(payload_view(header, payload))
+            header = reencoded(header, Encoding.BSLZ4, payload.nbytes, self.cfg.index)
+            copy = False
+        else:
+            header.sender = self.cfg.index
+        self._send(link, push, header.pack(), payload, copy)
         self.frames += 1
         self.bytes += header.payload_bytes
 

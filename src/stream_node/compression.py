@@ -1,0 +1,56 @@
+"""Bitshuffle/LZ4 chunks exactly as HDF5 filter 32008 stores them (the DECTRIS `bs*-lz4<` layout),
+so workers compress and the collector writes the bytes as a direct chunk, never recompressing.
+
+A chunk is a 12-byte big-endian header (uncompressed bytes: u64, block bytes: u32) followed by
+the blocks bitshuffle's `compress_lz4` makes with the filter's default block size; the tests check
+that the bytes are identical to what the HDF5 filter itself writes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import bitshuffle
+import hdf5plugin
+import numpy as np
+
+from stream_node.errors import ProtocolError
+
+_HEADER = struct.Struct(">QI")
+_TARGET_BLOCK_BYTES = 8192  # bitshuffle's BSHUF_TARGET_BLOCK_SIZE_B
+
+
+def hdf5_filter() -> hdf5plugin.Bitshuffle:
+    """The dataset filter whose chunks `compress` makes (nelems=0: default block, LZ4)."""
+    return hdf5plugin.Bitshuffle(nelems=0, cname="lz4")
+
+
+def _block_elems(itemsize: int) -> int:
+    return max(_TARGET_BLOCK_BYTES // itemsize // 8 * 8, 128)
+
+
+def compress(array: np.ndarray) -> np.ndarray:
+    """One frame as a filter-32008 chunk (a new uint8 array; bitshuffle releases the GIL)."""
+    array = np.ascontiguousarray(array)
+    block = _block_elems(array.itemsize)
+    body = bitshuffle.compress_lz4(array.reshape(-1), block)
+    out = np.empty(_HEADER.size + body.nbytes, np.uint8)
+    _HEADER.pack_into(out, 0, array.nbytes, block * array.itemsize)
+    out[_HEADER.size:] = body
+    return out
+
+
+def decompress(chunk: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The frame a filter-32008 chunk holds; ProtocolError if it is not one of that shape."""
+    raw = np.frombuffer(chunk, np.uint8)
+    dt = np.dtype(dtype)
+    if raw.nbytes < _HEADER.size:
+        raise ProtocolError(f"bitshuffle/LZ4 chunk of {raw.nbytes} bytes has no header")
+    nbytes, block_bytes = _HEADER.unpack_from(raw, 0)
+    expected = int(np.prod(shape)) * dt.itemsize
+    if nbytes != expected or block_bytes % dt.itemsize:
+        raise ProtocolError(f"bitshuffle/LZ4 chunk holds {nbytes} bytes in blocks of "
+                            f"{block_bytes}, a {shape} {dt} frame has {expected}")
+    flat = bitshuffle.decompress_lz4(raw[_HEADER.size:], (expected // dt.itemsize,), dt,
+                                     block_bytes // dt.itemsize)
+    return flat.reshape(shape)
