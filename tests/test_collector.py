@@ -197,3 +197,25 @@ def test_inspect_and_replay_a_run(node, ipc, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "stream_node", "inspect", str(tmp_path / "no.h5")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == ExitCode.CONFIG and "cannot open" in bad.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_collector_leaves_a_valid_file_up_to_its_last_flush(node, ipc, tmp_path):
+    path = tmp_path / "run.h5"
+    source, collector, _ = start_roles(node, ipc, path, 1, frames=10000,
+                                       extra_source=("--rate", "300"),
+                                       extra_collector=("--flush-interval", "0.1"))
+    for line in source.stderr:
+        if "the collector ready" in line:
+            break
+    reader = subprocess.run([sys.executable, "-c", READER, str(path), "30"], capture_output=True,
+                            text=True, timeout=60)
+    assert reader.returncode == 0, reader.stderr
+    collector.kill()
+    finish(collector)
+    assert finish(source)[0] == ExitCode.PEER_TIMEOUT
+    run = read_run(path)  # opens the never-closed file as of its last flush
+    written = np.flatnonzero(run.received)
+    assert len(written) >= 30
+    for i in written:
+        assert run.frames[i].tobytes() == DET.frame(int(i)).tobytes()
