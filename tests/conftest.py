@@ -63,6 +63,13 @@ def node() -> Iterator[Callable[..., subprocess.Popen]]:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
-    """Wait for a node to exit by itself; its output for the assertion message."""
-    out, err = proc.communicate(timeout=timeout)
+    """Wait for a node to exit by itself; its output for the assertion message. A node that
+    does not exit in time is a hang: it is killed and what it printed is in the failure."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(map(str, proc.args[3:6]))} hung for {timeout} s; "
+                             f"its stderr ends:\n{err[-4000:]}") from None
     return proc.returncode, out, err

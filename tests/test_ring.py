@@ -378,3 +378,53 @@ def test_a_segment_that_is_not_a_ring_of_this_version_is_refused(name):
     ring = Ring.create(name, slots=2, slot_bytes=64)  # no live producer owns it: replaced
     assert Ring.attach(name).slots == 2
     ring.close()
+
+
+def consume_with_short_waits(name: str, out: mp.Queue) -> None:
+    """Like a worker: short acquire timeouts in a loop, never one long wait."""
+    consumer = Ring.attach(name).consumer("workers")
+    ids = []
+    while True:
+        try:
+            frames = consumer.acquire(timeout=0.03, max_frames=4)
+        except RingTimeout:
+            continue
+        except EndOfStream:
+            break
+        ids += [f.frame_id for f in frames]
+        consumer.release(frames)
+    out.put(ids)
+
+
+@pytest.mark.timeout(60)
+def test_dead_members_frames_come_back_even_when_every_wait_is_short(name, children):
+    """The pipeline waits in slices shorter than any reaping period: recovery must not depend
+    on one long wait (a worker killed holding frames once stalled the demo this way)."""
+    ring = Ring.create(name, slots=2, slot_bytes=4096)
+    got = ctx.Queue()
+    victim = ctx.Process(target=hold_one_then_hang, args=(name, got))
+    children.append(victim)
+    victim.start()
+    produce(ring, 1)
+    assert got.get(timeout=20) == 0
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    out = ctx.Queue()
+    survivor = ctx.Process(target=consume_with_short_waits, args=(name, out))
+    children.append(survivor)
+    survivor.start()
+    det = SyntheticDetector(SHAPE, "uint16")
+    deadline = time.monotonic() + 30
+    for frame_id in range(1, 50):
+        while True:
+            assert time.monotonic() < deadline, "the ring stayed stalled by the dead member"
+            try:
+                slot = ring.claim(timeout=0.03)
+                break
+            except RingTimeout:
+                continue
+        frame = det.frame(frame_id, out=ring.payload(slot, SHAPE, np.uint16))
+        from stream_node.frame import frame_header
+        ring.publish(slot, frame_header(frame, 7, frame_id))
+    ring.end()
+    assert sorted(out.get(timeout=30)) == list(range(50))

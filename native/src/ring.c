@@ -23,6 +23,7 @@
 #define SN_RING_MAX_BATCH 64
 #define SLICE_NS 20000000LL /* waits wake at least this often to check peers and shutdown */
 #define DEFAULT_SPIN_NS 20000
+#define REAP_NS 50000000LL
 
 enum { STATE_OPEN = 0, STATE_CLOSED = 1, STATE_DEAD = 2 };
 
@@ -81,6 +82,8 @@ typedef struct {
     _Atomic uint64_t producer_waits;
     _Atomic uint32_t last_freed; /* slot + 1 freed last: reused first, so it is still in cache */
     uint32_t pad1;
+    _Atomic int64_t last_reap_ns; /* any waiter reaps when nobody did for REAP_NS: a ring stalled
+                                     by a dead member recovers even if every wait is short */
     alignas(64) group_t groups[SN_RING_MAX_GROUPS];
 } shared_t;
 
@@ -164,6 +167,13 @@ static void unlock(shared_t *sh) { pthread_mutex_unlock(&sh->lock); }
 static void wake_producer(shared_t *sh) {
     atomic_fetch_add_explicit(&sh->free_futex, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&sh->free_waiters, memory_order_seq_cst)) futex_wake(&sh->free_futex);
+}
+
+/* Reap if no process did for REAP_NS; called by every wait after each sleep. */
+static void maybe_reap(sn_ring *r, int64_t now) {
+    int64_t last = atomic_load_explicit(&r->sh->last_reap_ns, memory_order_relaxed);
+    if (now - last < REAP_NS) return;
+    if (atomic_compare_exchange_strong(&r->sh->last_reap_ns, &last, now)) sn_ring_reap(r);
 }
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
@@ -419,7 +429,6 @@ int sn_ring_claim(sn_ring *r, int64_t timeout_ns, uint32_t *slot) {
     }
     atomic_fetch_add_explicit(&sh->producer_waits, 1, memory_order_relaxed);
     int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
-    int64_t next_reap = now_ns() + 5 * SLICE_NS;
     for (;;) {
         if (atomic_load(&r->shutdown)) return SN_RING_ESHUTDOWN;
         uint32_t v = atomic_load_explicit(&sh->free_futex, memory_order_seq_cst);
@@ -433,11 +442,9 @@ int sn_ring_claim(sn_ring *r, int64_t timeout_ns, uint32_t *slot) {
         atomic_fetch_sub_explicit(&sh->free_waiters, 1, memory_order_seq_cst);
         if (ok || try_claim(sh, slot)) return SN_RING_OK;
         t = now_ns();
+        maybe_reap(r, t); /* a stalled ring may be held by a dead member */
+        if (try_claim(sh, slot)) return SN_RING_OK;
         if (t >= deadline) return SN_RING_ETIMEDOUT;
-        if (t >= next_reap) { /* a stalled ring may be held by a dead member */
-            sn_ring_reap(r);
-            next_reap = t + 5 * SLICE_NS;
-        }
     }
 }
 
@@ -623,7 +630,6 @@ int sn_ring_acquire(sn_ring *r, uint32_t group, uint32_t member, uint32_t max, i
                    : try_acquire_work(sh, g, mem, max, slots, seqs);
     }
     int64_t deadline = timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns;
-    int64_t next_reap = now_ns() + 5 * SLICE_NS;
     while (n == 0) {
         int eos = end_of_stream(r);
         if (eos) {
@@ -635,10 +641,12 @@ int sn_ring_acquire(sn_ring *r, uint32_t group, uint32_t member, uint32_t max, i
         }
         if (atomic_load(&r->shutdown)) return SN_RING_ESHUTDOWN;
         int64_t t = now_ns();
-        if (t >= deadline) return SN_RING_ETIMEDOUT;
-        if (!latest && t >= next_reap) {
-            sn_ring_reap(r);
-            next_reap = t + 5 * SLICE_NS;
+        maybe_reap(r, t);
+        if (t >= deadline) {
+            n = latest ? try_acquire_latest(sh, mem, slots, seqs, g)
+                       : try_acquire_work(sh, g, mem, max, slots, seqs);
+            if (n) break;
+            return SN_RING_ETIMEDOUT;
         }
         uint32_t v = atomic_load_explicit(&sh->pub_futex, memory_order_seq_cst);
         atomic_fetch_add_explicit(&sh->pub_waiters, 1, memory_order_seq_cst);

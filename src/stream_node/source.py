@@ -62,6 +62,7 @@ class RunSummary:
     missing: int
     duplicates: int
     bytes_written: int
+    bytes_stored: int
     seconds: float
     dropped: dict[str, int]
     workers: dict[str, Any]
@@ -86,7 +87,10 @@ class RunSummary:
             f"frames     {self.frames_written} written of {self.frames_sent} sent",
             f"missing    {self.missing}",
             f"duplicates {self.duplicates}",
-            f"bytes      {self.bytes_written / 2**20:.1f} MiB",
+            f"bytes      {self.bytes_written / 2**20:.1f} MiB"
+            + (f" ({self.bytes_stored / 2**20:.1f} MiB stored, "
+               f"{self.bytes_written / self.bytes_stored:.2f}x compression)"
+               if self.bytes_stored and self.bytes_stored != self.bytes_written else ""),
             f"time       {self.seconds:.2f} s",
             f"rate       {self.frames_per_second:.0f} frames/s, {self.gbytes_per_second:.2f} GB/s",
         ]
@@ -282,5 +286,6 @@ class Source:
             run_id=self.run_id, path=c.get("path", "?"), frames_sent=self.sent,
             frames_written=c.get("frames_written", 0), missing=c.get("missing", self.sent),
             duplicates=c.get("duplicates", 0), bytes_written=c.get("bytes_written", 0),
+            bytes_stored=c.get("bytes_stored", 0),
             seconds=seconds, dropped=c.get("dropped", {}), workers=reports,
         )
