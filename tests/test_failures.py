@@ -223,3 +223,33 @@ def test_collector_killed_mid_run_makes_source_and_workers_stop(node, ipc, tmp_p
     assert "disconnected" in err or "silent" in err, err
     for proc in procs:
         assert finish(proc, timeout=30)[0] in (ExitCode.ABORTED, ExitCode.PEER_TIMEOUT)
+
+
+@pytest.mark.timeout(90)
+def test_a_frame_a_worker_could_not_process_is_recorded_with_its_reason(node, ipc, tmp_path):
+    from stream_node.frame import failure_record
+
+    path = tmp_path / "run.h5"
+    control, data = ipc("control"), ipc("data")
+    collector = node("collector", "--control", control, "--input", data, "--file", str(path),
+                     "--drain-timeout", "30")
+    src = HubPlayingSource(control, data, frames=10)
+    try:
+        src.wait_for(MsgType.READY)
+        for frame_id in range(10):
+            if frame_id == 4:
+                header = frame_header(src.det.frame(4), src.run_id, 4)
+                src.push.send_multipart(failure_record(header, (32, 64), np.dtype("uint16"),
+                                                       "kernel 'boom' failed on frame 4", 3))
+            else:
+                src.send(frame_id)
+        src.hub.broadcast(MsgType.END, {"last_frame_id": 9, "frame_count": 10}, frame_id=9)
+        drained = src.wait_for(MsgType.DRAINED, timeout=10)  # no drain timeout: accounted for
+        src.hub.broadcast(MsgType.FINISH, {})
+        src.wait_for(MsgType.DONE)
+    finally:
+        src.close()
+    assert drained["missing"] == 1
+    assert finish(collector)[0] == ExitCode.FRAMES_MISSING
+    run = read_run(path)
+    assert run.missing == {4: "worker 3: kernel 'boom' failed on frame 4"}

@@ -18,7 +18,7 @@ import zmq
 
 from stream_node.control import ControlLink, Liveness
 from stream_node.errors import ExitCode, ProtocolError, RunAborted, StorageError, StreamNodeError
-from stream_node.frame import Encoding, FrameHeader, MsgType, dtype_code
+from stream_node.frame import FLAG_FAILED, Encoding, FrameHeader, MsgType, decode_body, dtype_code
 from stream_node.node import DropLedger
 from stream_node.run_writer import RunWriter
 from stream_node.transport import LinkLimits, bind, data_socket, recv_parts
@@ -51,6 +51,7 @@ class Collector:
         self.writer: RunWriter | None = None
         self.end: dict | None = None
         self.summary: dict[str, Any] = {}
+        self._failed: dict[int, str] = {}  # index -> why a worker could not process it
 
     def run(self) -> dict[str, Any]:
         """Collect one run; returns the summary also sent to the source in DONE."""
@@ -174,6 +175,8 @@ class Collector:
         if header.msg_type != MsgType.FRAME:
             self.drops.drop("unexpected", f"message type {header.msg_type} on the data socket")
             return False
+        if header.flags & FLAG_FAILED:
+            return self._failure(header, parts[1])
         problem = self._check(header, len(parts[1]))
         if problem:
             self.drops.drop("invalid", f"frame {header.frame_id}: {problem}")
@@ -181,6 +184,23 @@ class Collector:
         index = header.frame_id - self._first
         assert self.writer is not None
         return self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender)
+
+    def _failure(self, header: FrameHeader, payload: zmq.Frame) -> bool:
+        """A worker could not process this frame: it is accounted for, missing with why."""
+        index = header.frame_id - self._first
+        if index < 0 or 0 <= self._expected <= index:
+            self.drops.drop("invalid", f"failure record of frame {header.frame_id}: not in run")
+            return False
+        try:
+            reason = str(decode_body(header, payload.bytes).get("reason", "processing failed"))
+        except ProtocolError as exc:
+            reason = f"processing failed (undecodable reason: {exc})"
+        assert self.writer is not None
+        if self.writer.has(index) or index in self._failed:
+            self.writer.duplicates += 1
+            return False
+        self._failed[index] = f"worker {header.sender}: {reason}"
+        return True
 
     def _check(self, header: FrameHeader, nbytes: int) -> str | None:
         if header.shape != self._shape or header.dtype_code != self._dtype_code:
@@ -209,13 +229,14 @@ class Collector:
     def _outstanding(self) -> int:
         # Writes are unique and checked to lie inside the run, so a count suffices (no scan).
         assert self.writer is not None
-        return self._count() - self.writer.frames_written
+        return self._count() - self.writer.frames_written - len(self._failed)
 
     def _drain_result(self, reason: str | None) -> dict[str, Any]:
         assert self.writer is not None
         count = self._count()
         missing = self.writer.missing_indexes(count)
-        self._missing_reasons = {int(i): reason or "not received" for i in missing}
+        self._missing_reasons = {int(i): self._failed.get(int(i), reason or "not received")
+                                 for i in missing}
         if len(missing):
             log.warning("collector: %d of %d frames missing: %s", len(missing), count, reason)
         self.summary = self._counters(count)

@@ -15,6 +15,7 @@ from stream_node.errors import ProtocolError
 
 __all__ = [
     "DTYPE_CODES",
+    "FLAG_FAILED",
     "HEADER_SIZE",
     "Encoding",
     "Frame",
@@ -24,6 +25,7 @@ __all__ = [
     "decode_body",
     "dtype_code",
     "dtype_of",
+    "failure_record",
     "frame_header",
     "payload_view",
     "reencoded",
@@ -41,6 +43,9 @@ class MsgType(IntEnum):
     DRAINED = 8
     FINISH = 9
     DONE = 10
+
+
+FLAG_FAILED = 1 << 2  # SN_FLAG_FAILED: a frame a worker could not process; the body says why
 
 
 class Encoding(IntEnum):
@@ -100,6 +105,19 @@ def reencoded(header: FrameHeader, encoding: Encoding, payload_bytes: int,
         dtype_code=header.dtype_code, encoding=encoding, payload_bytes=payload_bytes,
         timestamp_ns=header.timestamp_ns, flags=header.flags, sender=sender,
     )
+
+
+def failure_record(header: FrameHeader, shape: tuple[int, ...], dtype: np.dtype, reason: str,
+                   sender: int) -> list:
+    """[header, msgpack body] that stands for a frame a worker could not process, so the
+    collector records it missing with the reason instead of waiting for it."""
+    body = msgpack.packb({"reason": reason}, use_bin_type=True)
+    failed = FrameHeader(
+        MsgType.FRAME, run_id=header.run_id, frame_id=header.frame_id, shape=shape,
+        dtype_code=dtype_code(dtype), encoding=Encoding.MSGPACK, payload_bytes=len(body),
+        timestamp_ns=header.timestamp_ns, flags=header.flags | FLAG_FAILED, sender=sender,
+    )
+    return [failed.pack(), body]
 
 
 def payload_view(header: FrameHeader, payload: Any) -> np.ndarray:

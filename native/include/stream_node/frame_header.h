@@ -80,7 +80,8 @@ typedef enum sn_encoding {
 
 enum {
     SN_FLAG_PARTIAL = 1u << 0, /* some of the frame's data never arrived (filled with a defined value) */
-    SN_FLAG_RESENT = 1u << 1   /* a re-dispatched copy of a frame */
+    SN_FLAG_RESENT = 1u << 1,  /* a re-dispatched copy of a frame */
+    SN_FLAG_FAILED = 1u << 2   /* no data: processing failed; the msgpack payload says why */
 };
 
 /* Error codes: negative, stable, documented. */
