@@ -28,9 +28,12 @@ or the write loop plus ``File.close`` (h5py rows); creating the file and its dat
 timed. Files go to a temporary directory on the same disk as the repository (never tmpfs), are
 small enough that the page cache absorbs them without writeback throttling (quick: 400 x 1 MiB
 and 80 x 8 MiB; ``--full``: 1000 and 200), are not fsync'ed and are deleted after every run, so
-this measures the CPU cost of the write path, not the disk. Every run is repeated 3 times with the
-cases interleaved (rotated each round, so drift on a shared 2-core host hits all rows alike);
-the table shows the median and, in brackets, the slowest and fastest run.
+this measures the CPU cost of the write path, not the disk. Just before each run (untimed) a
+scratch file as big as the raw frames is written and deleted, so every run's page cache comes
+from recently used memory (see `recycle_page_cache`: this VM hands freed memory back to its host,
+and touching it again cost one row 3x). Every run is repeated 3 times with the cases interleaved
+(a new seeded order each round, so drift on a shared 2-core host hits all rows alike); the table
+shows the median and, in brackets, the slowest and fastest run.
 
 Every run's file is checked before its number counts: N chunks present, a few frames (first,
 second, middle, last and two seeded random ones) read back through h5py + hdf5plugin byte-equal
@@ -40,7 +43,7 @@ only when every row ran and verified.
 
 Usage::
 
-    python bench/collector.py              # quick (default): 400 x 1 MiB, 80 x 8 MiB, ~15 s
+    python bench/collector.py              # quick (default): 400 x 1 MiB, 80 x 8 MiB, ~25 s
     python bench/collector.py --full       # 1000 x 1 MiB, 200 x 8 MiB
     python bench/collector.py --only 8     # only frame sizes whose label contains "8"
     python bench/collector.py --dir /data  # temporary files under /data instead
@@ -77,7 +80,7 @@ SIZES: tuple[tuple[str, tuple[int, int]], ...] = (
 # Frames per run: small enough (<= 1.6 GB, deleted after each run) that the page cache takes the
 # whole file without writeback (10% of RAM starts it), big enough that the fastest row's run is
 # not a few ms: at 200 x 1 MiB a pre-compressed run took ~12 ms and one preemption on the shared
-# 2-core host moved it by 3x; 400 / 80 frames keep quick mode around 15 s.
+# 2-core host moved it by 3x; 400 / 80 frames keep quick mode around 25 s.
 QUICK_FRAMES = {"1 MiB": 400, "8 MiB": 80}
 FULL_FRAMES = {"1 MiB": 1000, "8 MiB": 200}
 REPEAT = 3
@@ -342,12 +345,37 @@ class Row:
         return self.stored / self.median_s / 1e6 if self.ok else math.nan
 
 
+_SCRATCH_BLOCK = b"\x01" * (8 << 20)
+
+
+def recycle_page_cache(tmp: Path, nbytes: int) -> None:
+    """Write and delete a scratch file of `nbytes` just before a timed run, so that run's page
+    cache comes from memory this guest used a moment ago, as a collector's does in steady state.
+
+    This VM returns free memory to the hypervisor (virtio-balloon free page reporting) about 2 s
+    after it is freed, and the first touch of such memory costs kernel time: without this, the
+    row that ran after the slower ones (in a fixed rotation, always stream-node's uncompressed
+    8 MiB row) spent up to 8x the kernel time of the same write and showed 0.3x of
+    write_direct_chunk for identical calls. Not timed.
+    """
+    scratch = tmp / "page-cache-scratch"
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        written = 0
+        while written < nbytes:
+            written += os.write(fd, _SCRATCH_BLOCK)
+    finally:
+        os.close(fd)
+        scratch.unlink()
+
+
 def run_once(row: Row, p: Payloads, tmp: Path, tag: str) -> None:
     """One timed (or warm-up) run of a row's case, verified, its files deleted; errors recorded."""
     if row.error is not None:
         return
     path = tmp / f"{tag}.h5"
     try:
+        recycle_page_cache(tmp, p.raw_bytes)
         seconds, loop = row.case.write(path, p, row.case.compressed)
         stored = verify(path, row.case, p)
         if p is row.p:  # not a warm-up run
@@ -364,12 +392,14 @@ def run_once(row: Row, p: Payloads, tmp: Path, tag: str) -> None:
 
 
 def measure_writers(p: Payloads, tmp: Path, repeat: int) -> list[Row]:
-    """Every case on the same payloads, interleaved and rotated each round to share drift."""
+    """Every case on the same payloads, interleaved in a new seeded order each round, so drift
+    on a shared host, and whatever a run leaves behind for the next, is not always on one row."""
     rows = [Row(case, p) for case in CASES]
     for k, row in enumerate(rows):
         run_once(row, p.head(min(WARMUP_FRAMES, p.n)), tmp, f"warmup-{k}")
+    rng = np.random.default_rng(SEED)
     for rnd in range(repeat):
-        order = rows[rnd % len(rows):] + rows[: rnd % len(rows)]
+        order = [rows[k] for k in rng.permutation(len(rows))]
         for k, row in enumerate(order):
             run_once(row, p, tmp, f"run-{rnd}-{k}")
         print(f"  {p.label}: round {rnd + 1}/{repeat} done", file=sys.stderr, flush=True)
