@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -52,6 +53,18 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _kernel_chain(path: str) -> list[dict]:
+    try:
+        chain = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read kernel chain {path}: {exc}") from None
+    if not isinstance(chain, list) or not all(isinstance(k, dict) and "kernel" in k
+                                              for k in chain):
+        raise argparse.ArgumentTypeError(
+            f'{path}: a kernel chain is a JSON list of objects with a "kernel" name')
+    return chain
+
+
 def _timing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-timeout", type=_positive(float), default=30.0, metavar="S",
                    help="seconds to wait for peers at start (default 30)")
@@ -64,6 +77,9 @@ def _frames(p: argparse.ArgumentParser, default_frames: int) -> None:
                    help="frames in the run (for --from file://: at most this many)")
     p.add_argument("--compress", choices=["none", "bslz4"], default="none",
                    help="bslz4: workers compress (HDF5 filter 32008), the collector writes bytes")
+    p.add_argument("--kernels", type=_kernel_chain, default=None, metavar="CHAIN.json",
+                   help='the workers\' kernel chain: a JSON list like [{"kernel": "photonise", '
+                        '"photon_energy_kev": 12.4}]; maps as .npy paths')
     p.add_argument("--shape", type=_shape, default=(512, 1024), help="e.g. 512x1024")
     p.add_argument("--dtype", default="uint16", choices=["uint16", "uint32", "float32", "uint8"])
     p.add_argument("--seed", type=int, default=0)
@@ -153,7 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
         output, frames=args.frames, shape=args.shape, dtype=args.dtype, workers=args.workers,
         rate=args.rate, seed=args.seed, overwrite=args.overwrite, liveness=_liveness(args),
         ready_timeout_s=args.ready_timeout, fanout=args.fanout, ring_slots=args.ring_slots,
-        compression=args.compress, log_level=args.log_level)
+        compression=args.compress, kernels=args.kernels, log_level=args.log_level)
     print(summary.text())
     return summary.exit_code
 
@@ -166,6 +182,7 @@ def _source(args: argparse.Namespace) -> int:
         shape=args.shape, dtype=args.dtype, seed=args.seed, rate=args.rate,
         ring_slots=args.ring_slots, ready_timeout_s=args.ready_timeout,
         compression=args.compress, origin=args.origin, recorded_rate=args.recorded_rate,
+        kernels=args.kernels,
         liveness=_liveness(args))).run()
     print(summary.text())
     return summary.exit_code

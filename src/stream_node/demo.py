@@ -35,6 +35,7 @@ def run_local_pipeline(
     fanout: str = "ring",
     ring_slots: int = 16,
     compression: str = "none",
+    kernels: list[dict] | None = None,
 ) -> RunSummary:
     """Run synthetic source -> `workers` worker processes -> collector process -> HDF5 file.
 
@@ -61,7 +62,7 @@ def run_local_pipeline(
                 control=control, data=fanout, workers=workers, frames=frames, shape=shape,
                 dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
                 liveness=liveness, ring_slots=ring_slots,
-                compression=None if compression == "none" else compression))
+                compression=None if compression == "none" else compression, kernels=kernels))
             summary = source.run()
             # Ring: the frame is generated in its slot and read there; the worker copies it
             # into its message to the collector (1); the kernel copies it into and out of the

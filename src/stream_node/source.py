@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import zmq
 
 from stream_node import __version__
@@ -40,6 +41,7 @@ class SourceConfig:
     ring_slots: int = 16  # frames in flight when `data` is ring://NAME
     compression: str | None = None  # "bslz4": workers compress, the collector writes bytes
     origin: str = "synthetic:"  # or file://PATH: replay a written run
+    kernels: list[dict] | None = None  # the workers' chain, e.g. [{"kernel": "photonise", ...}]
     recorded_rate: bool = False  # file:// only: send at the pace the frames were taken
     ready_timeout_s: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
@@ -129,11 +131,23 @@ class Source:
         origin: dict[str, Any] = {"source": c.origin, "seed": c.seed}
         if self.replay is not None:
             origin = {"source": c.origin, "replay_of_run_id": self.replay.run_id}
-        return {"shape": list(self.detector.shape), "dtype": str(self.detector.dtype),
+        shape, dtype = self.output_geometry()
+        return {"shape": list(shape), "dtype": str(dtype),
+                "input": {"shape": list(self.detector.shape), "dtype": str(self.detector.dtype)},
+                "kernels": c.kernels or [],
                 "frames": self.count, "first_frame_id": self.first_id, **origin,
                 "rate": c.rate, "workers": c.workers, "software_version": __version__,
                 "compression": c.compression or "none",
                 "detector": {"description": "stream-node synthetic detector"}}
+
+    def output_geometry(self) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of the frames the collector writes: the workers' chain output."""
+        if not self.cfg.kernels:
+            return tuple(self.detector.shape), np.dtype(self.detector.dtype)
+        from stream_node.kernels import build_chain
+
+        chain = build_chain(self.cfg.kernels, self.detector.shape, self.detector.dtype)
+        return tuple(chain.out_shape), np.dtype(chain.out_dtype)
 
     def run(self) -> RunSummary:
         # The data output exists before the hub answers HELLO, so a worker told START finds it.

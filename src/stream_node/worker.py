@@ -11,14 +11,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import zmq
 
 from stream_node import compression
 from stream_node.control import ControlLink, Liveness
 from stream_node.endpoints import FrameInput, open_input
-from stream_node.errors import ProtocolError, RunAborted
-from stream_node.frame import Encoding, FrameHeader, MsgType, payload_view, reencoded
-from stream_node.node import DropLedger
+from stream_node.errors import ProtocolError, RunAborted, StreamNodeError
+from stream_node.frame import (
+    Encoding,
+    FrameHeader,
+    MsgType,
+    failure_record,
+    frame_header,
+    payload_view,
+    reencoded,
+)
+from stream_node.node import WARN_LIMIT, DropLedger
 from stream_node.transport import HandshakeWatch, LinkLimits, connect, data_socket, send_frame
 
 log = logging.getLogger(__name__)
@@ -43,12 +52,17 @@ class Worker:
         self.drops = DropLedger(f"worker {config.name}")
         self.frames = 0
         self.bytes = 0
+        self.failed = 0  # frames a kernel could not process (sent on as failure records)
         self.compress = False
+        self.chain: Any = None
         self.stalls = 0
 
     def report(self) -> dict[str, Any]:
-        return {"name": self.cfg.name, "frames": self.frames, "bytes": self.bytes,
-                "stalls": self.stalls, "dropped": self.drops.as_dict()}
+        report = {"name": self.cfg.name, "frames": self.frames, "bytes": self.bytes,
+                  "stalls": self.stalls, "failed": self.failed, "dropped": self.drops.as_dict()}
+        if self.chain is not None:
+            report["kernels"] = self.chain.counters
+        return report
 
     def run(self) -> dict[str, Any]:
         """Serve one run until the source says FINISH; returns this worker's counters."""
@@ -62,6 +76,7 @@ class Worker:
             connect(push, cfg.output, "collector's input")
             start = link.wait_start(cfg.ready_timeout_s)
             self.compress = start.get("compression") == "bslz4"
+            self._setup_kernels(start)
 
             def listen() -> None:  # an ABORT (e.g. the collector refused the run) ends the wait
                 if link.sock.poll(0) and self._command(link, link.recv_ready()):
@@ -93,6 +108,20 @@ class Worker:
             if link.sock.poll(0) and self._command(link, link.recv_ready()):
                 return
             link.tick()
+
+    def _setup_kernels(self, start: dict) -> None:
+        """Build the run's kernel chain before READY: every kernel compiled, every buffer
+        allocated, so the first frame costs what the others do."""
+        spec = start.get("kernels")
+        if not spec:
+            return
+        from stream_node.kernels import build_chain
+
+        source = start["input"]
+        self.chain = build_chain(spec, tuple(source["shape"]), np.dtype(source["dtype"]))
+        self.out_shape = tuple(start["shape"])
+        self.out_dtype = np.dtype(start["dtype"])
+        log.info("worker %s: kernels %s ready", self.cfg.name, [k["kernel"] for k in spec])
 
     def _command(self, link: ControlLink, msg: Any) -> bool:
         """Act on a control message; True when the run is over for this worker."""
@@ -126,6 +155,20 @@ class Worker:
                             f"bytes, header says {header.payload_bytes}")
             return
         payload = parts[1]
+        if self.chain is not None:
+            try:
+                out = self.chain.apply(payload_view(header, payload), frame_id=header.frame_id)
+            except StreamNodeError as exc:  # a kernel failed (or the frame is not raw)
+                self.failed += 1
+                reason = str(exc)  # names the kernel and the frame
+                if self.failed <= WARN_LIMIT:
+                    log.warning("worker %s: %s", self.cfg.name, reason)
+                self._send(link, push, *failure_record(header, self.out_shape, self.out_dtype,
+                                                       reason, self.cfg.index), False)
+                return
+            header = frame_header(out, header.run_id, header.frame_id, header.timestamp_ns,
+                                  self.cfg.index)
+            payload, copy = out, True  # the chain reuses its output buffer for the next frame
         if self.compress and header.encoding == Encoding.RAW:
             # Compressed here, in parallel workers, so the collector only writes bytes; the
             # chunk is a new buffer, so it goes zero-copy even from a ring slot.

@@ -1,0 +1,416 @@
+"""Kernel benchmark: each Numba kernel against its numpy reference and a memcpy roofline.
+
+For 512x1024 and 2048x2048 JUNGFRAU-like uint16 frames, in ONE run so the numbers are comparable,
+each kernel of `stream_node.kernels` is timed three ways, on the same inputs:
+
+* ``numba``: the kernel of `kernels._numba` (what a `Chain` runs), single-threaded;
+* ``numpy``: the same kernel's reference in `kernels.reference` (the "numpy" baseline);
+* ``roofline``: ``np.copyto`` moving the same number of bytes (a copy of B/2 bytes reads B/2 and
+  writes B/2), measured in this run: no kernel that has to read and write B bytes can beat it.
+
+GB/s is the bytes the kernel MUST read and write per frame / time per call / 1e9: input and
+output pixels, maps and masks it needs for every pixel; extra reads a kernel makes by choice
+(e.g. the G1/G2 maps' cache lines around the few high-gain pixels) are not counted. The column
+"B/px" gives that figure per pixel. Ratios: "vs numpy" is the speed-up over the reference,
+"vs roofline" the fraction of memcpy speed. A kernel can beat the roofline where its working set
+is smaller than the memcpy's: in place (apply_mask reads and writes the same 16 MiB at 2048x2048,
+which stays in this machine's 32 MiB L3, while a copy of the same bytes needs 38 MiB) or with a
+small output (binning).
+
+Inputs: the maps are 64-byte aligned copies as `build_chain` makes them. The raw frame of the
+gain correction is "spots": G0 everywhere except one 5x5 spot per 4000 pixels in G1 with a G2
+centre pixel (~0.6 % of pixels in G1/G2, as a busy diffraction frame) and 0.01 % invalid-stage
+pixels, with a 1 % pixel mask; two more rows show an all-G0 frame (dark or weak scattering) and
+the worst case, 3 % of pixels in G1/G2 scattered uniformly. Energies are that frame corrected;
+photons are those energies photonised.
+
+The `parallel` row is `gain_correction_parallel` on all of this machine's cores (Numba threads):
+every other row runs in one thread. The chain rows time what one worker core does per frame:
+``Chain.apply`` (gain correction with mask -> photonise at 12.4 keV) then
+``stream_node.compression.compress`` of the photons (bitshuffle/LZ4; its OpenMP is set to one
+thread), against the same chain with ``backend="reference"`` plus the same compression.
+
+Each figure is the median of per-call times (quick: calls for >= 0.3 s, at least 5; ``--full``
+1.5 s, at least 20), so one call disturbed by another process on this shared 2-core machine does
+not make the number. Every kernel's output is checked against its reference before it is timed;
+the exit status is 1 if one differs.
+
+Usage::
+
+    python bench/kernels.py            # quick (default), about a minute
+    python bench/kernels.py --full     # longer timing per row
+    python bench/kernels.py --only 512 # only the 512x1024 frame
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+
+from stream_node.compression import compress
+from stream_node.kernels import _numba, build_chain, reference
+from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
+from stream_node.kernels.stage import aligned_copy, aligned_empty
+
+SHAPES = ((512, 1024), (2048, 2048))
+PHOTON_KEV = 12.4
+
+
+@dataclass(frozen=True)
+class Mode:
+    seconds: float  # time each measurement for at least this long ...
+    min_calls: int  # ... and at least this many calls
+
+
+QUICK = Mode(0.3, 5)
+FULL = Mode(1.5, 20)
+
+
+@dataclass
+class Row:
+    kernel: str
+    frame: str
+    io: str  # input -> output
+    bytes_per_frame: int
+    pixels: int
+    t_numba: float = float("nan")
+    t_numpy: float = float("nan")
+    t_memcpy: float = float("nan")
+    note: str = ""
+    ok: bool = True
+
+    def gbps(self, t: float) -> float:
+        return self.bytes_per_frame / t / 1e9
+
+
+def median_call(fn: Callable[[], Any], mode: Mode) -> float:
+    """Median seconds per call of fn() after one untimed call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < mode.min_calls or time.perf_counter() - start < mode.seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+_memcpy_cache: dict[int, float] = {}
+
+
+def memcpy_time(nbytes: int, mode: Mode) -> float:
+    """Seconds to np.copyto nbytes/2 bytes (so nbytes are read and written), once per size."""
+    if nbytes not in _memcpy_cache:
+        half = max(nbytes // 2, 64)
+        src = aligned_empty((half,), np.uint8)
+        dst = aligned_empty((half,), np.uint8)
+        src[...] = 1
+        dst[...] = 0
+        _memcpy_cache[nbytes] = median_call(lambda: np.copyto(dst, src), mode)
+    return _memcpy_cache[nbytes]
+
+
+def single_thread_openmp() -> str:
+    """Limit bitshuffle's OpenMP to one thread, so the chain's compress is one core's work."""
+    path = None
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "libgomp" in line:
+                path = line.split()[-1]
+                break
+    if path is None:
+        return "bitshuffle without OpenMP"
+    lib = ctypes.CDLL(path)
+    lib.omp_set_num_threads(1)
+    return f"OpenMP threads {lib.omp_get_max_threads()}"
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def raw_frame(shape: tuple[int, int], kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A JUNGFRAU-like raw frame: ADC ~1500 (pedestal) plus photons; gain bits as `kind` says."""
+    ny, nx = shape
+    adc = np.clip(rng.normal(1500, 20, shape) + 40 * PHOTON_KEV * rng.poisson(0.05, shape),
+                  0, 0x3FFF).astype(np.uint16)
+    stage = np.zeros(shape, np.uint16)
+    if kind == "spots":
+        n = ny * nx // 4000
+        ys, xs = rng.integers(0, ny - 5, n), rng.integers(0, nx - 5, n)
+        for y, x in zip(ys, xs, strict=True):
+            stage[y:y + 5, x:x + 5] = 0b01
+            stage[y + 2, x + 2] = 0b11
+        stage[rng.random(shape) < 1e-4] = 0b10
+    elif kind == "uniform 3%":
+        stage = rng.choice(np.array([0b00, 0b01, 0b11, 0b10], np.uint16), size=shape,
+                           p=[0.969, 0.02, 0.01, 0.001])
+    return (stage << np.uint16(14)) | adc
+
+
+def maps(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pedestal and gain (3, ny, nx) float32, aligned as build_chain stores them."""
+    ped = np.stack([rng.normal(m, 30, shape) for m in (1500, 14000, 14500)]).astype(np.float32)
+    gain = np.stack([rng.normal(m, abs(m) * 0.02, shape)
+                     for m in (40.0, -1.5, -0.1)]).astype(np.float32)
+    return aligned_copy(ped), aligned_copy(gain)
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+
+def check(row: Row, fast_out: Any, ref_out: Any, n_fast: int, n_ref: int, exact: bool) -> None:
+    if n_fast != n_ref:
+        row.ok, row.note = False, f"count {n_fast} != reference {n_ref}"
+        return
+    for f, r in zip(fast_out, ref_out, strict=True):
+        same = (np.array_equal(f, r, equal_nan=True) if exact
+                else np.allclose(f, r, rtol=1e-6, equal_nan=True))
+        if not same:
+            row.ok, row.note = False, "output differs from the reference"
+
+
+def kernel_row(kernel: str, frame: str, io: str, nbytes: int, pixels: int,
+               fast: Callable[..., int], ref: Callable[..., int],
+               fast_args: tuple[Any, ...], ref_args: tuple[Any, ...],
+               outs: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]], mode: Mode,
+               exact: bool = True, note: str = "", reset: Callable[[], None] | None = None) -> Row:
+    """Check fast against ref once (outputs `outs`), then time both and memcpy."""
+    row = Row(kernel, frame, io, nbytes, pixels, note=note)
+    if reset:
+        reset()  # stateful kernels: both start from the same state
+    n_ref = ref(*ref_args)
+    n_fast = fast(*fast_args)
+    check(row, outs[0], outs[1], n_fast, n_ref, exact)
+    row.t_numba = median_call(lambda: fast(*fast_args), mode)
+    ref_mode = Mode(mode.seconds, max(3, mode.min_calls // 4))
+    row.t_numpy = median_call(lambda: ref(*ref_args), ref_mode)
+    row.t_memcpy = memcpy_time(nbytes, mode)
+    return row
+
+
+def rows_for(shape: tuple[int, int], mode: Mode) -> list[Row]:
+    rng = np.random.default_rng(0)
+    label = f"{shape[0]}x{shape[1]}"
+    px = shape[0] * shape[1]
+    ped, gain = maps(shape, rng)
+    mask = aligned_copy((rng.random(shape) < 0.01).astype(np.uint8))
+    rows: list[Row] = []
+
+    def pair(shape_: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+        return aligned_empty(shape_, dtype), aligned_empty(shape_, dtype)
+
+    # gain correction: three frames, then the parallel variant on the spots frame
+    e_fast, e_ref = pair(shape, np.float32)
+    raws = {kind: aligned_copy(raw_frame(shape, kind, rng))
+            for kind in ("spots", "all G0", "uniform 3%")}
+    for kind, raw in raws.items():
+        rows.append(kernel_row(
+            "gain_correction", label, "u16 -> f32", 15 * px, px,
+            _numba.gain_correction, reference.gain_correction,
+            (raw, e_fast, ped, gain, mask, 0.0), (raw, e_ref, ped, gain, mask, 0.0),
+            ((e_fast,), (e_ref,)), mode,
+            note=f"{kind} frame, mask; reads raw 2 + 3 maps (ped, gain, mask) 9, writes 4 B/px"))
+    threads = numba.get_num_threads()
+    par = kernel_row("gain_correction parallel", label, "u16 -> f32", 15 * px, px,
+                     _numba.gain_correction_parallel, reference.gain_correction,
+                     (raws["spots"], e_fast, ped, gain, mask, 0.0),
+                     (raws["spots"], e_ref, ped, gain, mask, 0.0),
+                     ((e_fast,), (e_ref,)), mode, note=f"spots frame, {threads} Numba threads")
+    rows.append(par)
+    energy = aligned_copy(e_ref)
+
+    # pedestal tracking on a dark (all-G0) frame
+    dark = raws["all G0"]
+    p_fast, p_ref = pair((3, *shape), np.float32)
+    c_fast, c_ref = pair((3, *shape), np.uint32)
+
+    def reset() -> None:
+        for a in (p_fast, p_ref):
+            a[...] = 0
+        for a in (c_fast, c_ref):
+            a[...] = 0
+    rows.append(kernel_row(
+        "pedestal_update", label, "u16 -> state", 18 * px, px,
+        _numba.pedestal_update, reference.pedestal_update,
+        (dark, p_fast, c_fast, 1000), (dark, p_ref, c_ref, 1000),
+        ((p_fast, c_fast), (p_ref, c_ref)), mode, reset=reset,
+        note="dark frame; reads raw 2, reads+writes pedestal 8 and count 8 B/px"))
+
+    # mask, in place on energies (as in a chain)
+    m_fast, m_ref = aligned_copy(energy), aligned_copy(energy)
+    rows.append(kernel_row(
+        "apply_mask", label, "f32 -> f32", 9 * px, px,
+        _numba.apply_mask, reference.apply_mask,
+        (m_fast, m_fast, mask, 0.0), (m_ref, m_ref, mask, 0.0),
+        ((m_fast,), (m_ref,)), mode, note="in place; reads 4 + mask 1, writes 4 B/px"))
+
+    # photons
+    ph_fast, ph_ref = pair(shape, np.uint16)
+    rows.append(kernel_row(
+        "photonise", label, "f32 -> u16", 6 * px, px,
+        _numba.photonise, reference.photonise,
+        (energy, ph_fast, PHOTON_KEV, 0.5), (energy, ph_ref, PHOTON_KEV, 0.5),
+        ((ph_fast,), (ph_ref,)), mode, note=f"{PHOTON_KEV} keV, threshold 0.5"))
+
+    # binning of the raw frame
+    raw = raws["spots"]
+    for f in (2, 4):
+        b_fast, b_ref = pair((shape[0] // f, shape[1] // f), np.uint32)
+        name = f"bin{f}x{f}"
+        out_bytes = 4 * px // (f * f)
+        rows.append(kernel_row(
+            name, label, "u16 -> u32", 2 * px + out_bytes, px,
+            getattr(_numba, name), getattr(reference, name), (raw, b_fast), (raw, b_ref),
+            ((b_fast,), (b_ref,)), mode, note=f"reads 2, writes {4 / (f * f):g} B/px"))
+
+    # 16 ROIs of 1/8 x 1/8 of the frame (a quarter of it) on energies
+    ny, nx = shape
+    rois = checked_rois([[y, y + ny // 8, x, x + nx // 8]
+                         for y in range(0, ny, ny // 4) for x in range(0, nx, nx // 4)], shape)
+    r_fast, r_ref = np.empty(len(rois)), np.empty(len(rois))
+    roi_px = int(sum((r[1] - r[0]) * (r[3] - r[2]) for r in rois))
+    rows.append(kernel_row(
+        "roi_sums", label, "f32 -> f64[16]", 4 * roi_px, px,
+        _numba.roi_sums, reference.roi_sums, (energy, r_fast, rois), (energy, r_ref, rois),
+        ((r_fast,), (r_ref,)), mode, exact=False,
+        note=f"16 ROIs, {roi_px / px:.0%} of the frame; reads 4 B per ROI pixel"))
+
+    # azimuthal integration of energies, 1000 bins
+    index = aligned_copy(azimuthal_bin_index(shape, (ny * 0.45, nx * 0.55), 1000, mask=mask))
+    a_fast, a_ref = np.empty((2, 1000)), np.empty((2, 1000))
+    rows.append(kernel_row(
+        "azimuthal_integrate", label, "f32 -> f64[2,1000]", 8 * px, px,
+        _numba.azimuthal_integrate, reference.azimuthal_integrate,
+        (energy, a_fast, index), (energy, a_ref, index), ((a_fast,), (a_ref,)), mode,
+        note="reads 4 + bin index 4 B/px"))
+    return rows
+
+
+@dataclass
+class ChainRow:
+    frame: str
+    fps_fast: float
+    fps_ref: float
+    ratio_compressed: float
+    ok: bool
+    note: str = ""
+
+
+def chain_row(shape: tuple[int, int], mode: Mode) -> ChainRow:
+    """Frames/s of one core: Chain.apply (correct -> photonise) + compress of the photons."""
+    rng = np.random.default_rng(1)
+    ped, gain = maps(shape, rng)
+    mask = (rng.random(shape) < 0.01).astype(np.uint8)
+    spec = [{"kernel": "gain_correction", "pedestal": ped, "gain": gain, "mask": mask},
+            {"kernel": "photonise", "photon_energy_kev": PHOTON_KEV, "threshold": 0.5}]
+    fast = build_chain(spec, shape, np.uint16)
+    slow = build_chain(spec, shape, np.uint16, backend="reference")
+    frames = [raw_frame(shape, "spots", rng) for _ in range(4)]
+    ok = all(np.array_equal(fast.apply(f), slow.apply(f)) for f in frames)
+    state = {"i": 0}
+
+    def step(chain: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            state["i"] += 1
+            return compress(chain.apply(frames[state["i"] % len(frames)], state["i"]))
+        return run
+
+    t_fast = median_call(step(fast), mode)
+    t_ref = median_call(step(slow), Mode(mode.seconds, 3))
+    chunk = compress(fast.apply(frames[0]))
+    ratio = frames[0].size * 2 / chunk.nbytes
+    return ChainRow(f"{shape[0]}x{shape[1]}", 1 / t_fast, 1 / t_ref, ratio, ok,
+                    "" if ok else "chain output differs from the reference chain")
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "—" if x != x else f"{x:.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| kernel | frame | in -> out | B/px | numba GB/s | numpy GB/s | roofline GB/s "
+           "| vs numpy | vs roofline | note |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        bpx = r.bytes_per_frame / r.pixels
+        note = r.note if r.ok else f"FAILED: {r.note}"
+        out.append(f"| {r.kernel} | {r.frame} | {r.io} | {bpx:g} | {fmt(r.gbps(r.t_numba))} "
+                   f"| {fmt(r.gbps(r.t_numpy), 2)} | {fmt(r.gbps(r.t_memcpy))} "
+                   f"| {r.t_numpy / r.t_numba:.1f}x | {r.t_memcpy / r.t_numba:.2f}x | {note} |")
+    return "\n".join(out)
+
+
+def chain_table(rows: list[ChainRow]) -> str:
+    out = ["| chain (one core) | frame | numba frames/s | numpy frames/s | vs numpy "
+           "| compression ratio | note |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        note = r.note if r.ok else f"FAILED: {r.note}"
+        out.append(f"| correct -> photonise -> compress | {r.frame} | {r.fps_fast:.0f} "
+                   f"| {r.fps_ref:.1f} | {r.fps_fast / r.fps_ref:.1f}x "
+                   f"| {r.ratio_compressed:.1f} | {note} |")
+    return "\n".join(out)
+
+
+def floors(rows: list[Row]) -> list[str]:
+    """The issue's floors, checked against this run's numbers."""
+    lines = []
+    for r in rows:
+        if r.kernel != "gain_correction":
+            continue
+        vs_np, vs_roof = r.t_numpy / r.t_numba, r.t_memcpy / r.t_numba
+        verdict = "met" if vs_np >= 5 and vs_roof >= 0.5 else "NOT met"
+        lines.append(f"gain_correction {r.frame} {r.note.split(',')[0]}: {vs_np:.0f}x numpy "
+                     f"(floor 5x), {vs_roof:.2f}x roofline (floor 0.5x): {verdict}")
+    slower = [f"{r.kernel} {r.frame}" for r in rows if r.t_numba >= r.t_numpy]
+    lines.append("every kernel faster than its numpy reference: "
+                 + ("yes" if not slower else f"NO ({', '.join(slower)})"))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="short timing per row (default)")
+    group.add_argument("--full", action="store_true", help="longer timing per row")
+    ap.add_argument("--only", default="", help="only frame shapes whose label contains this")
+    opts = ap.parse_args(argv)
+    mode = FULL if opts.full else QUICK
+    shapes = [s for s in SHAPES if opts.only in f"{s[0]}x{s[1]}"]
+    t_start = time.monotonic()
+    rows: list[Row] = []
+    for shape in shapes:
+        rows += rows_for(shape, mode)
+        print(f"  kernels {shape[0]}x{shape[1]} done ({time.monotonic() - t_start:.0f} s)",
+              file=sys.stderr, flush=True)
+    omp = single_thread_openmp()
+    chains = [chain_row(shape, mode) for shape in shapes]
+    print(f"\nstream-node kernel bench ({'full' if opts.full else 'quick'}, "
+          f"{time.monotonic() - t_start:.0f} s): {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"numpy {np.__version__}, numba {numba.__version__} "
+          f"({numba.config.THREADING_LAYER} threading); load average "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}. One thread per row except "
+          f"'parallel'. Median per-call times; GB/s = bytes the kernel must read and write "
+          f"(B/px x pixels) / time; roofline = np.copyto of the same bytes in this run.\n")
+    print(table(rows))
+    print(f"\nbitshuffle: {omp}.\n")
+    print(chain_table(chains))
+    print()
+    for line in floors(rows):
+        print(f"- {line}")
+    return 0 if all(r.ok for r in rows) and all(c.ok for c in chains) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
