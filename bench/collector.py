@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import math
 import os
 import platform
@@ -69,7 +68,7 @@ import h5py
 import hdf5plugin  # registers filter 32008 (bitshuffle/LZ4) for the naive rows and read-back
 import numpy as np
 
-from stream_node.compression import compress, decompress, hdf5_filter
+from stream_node.compression import compress, decompress, hdf5_filter, set_codec_threads
 from stream_node.synthetic import SyntheticDetector
 
 DTYPE = np.dtype(np.uint16)
@@ -134,26 +133,6 @@ def make_payloads(label: str, shape: tuple[int, int], n: int) -> Payloads:
     detector = SyntheticDetector(shape, DTYPE.name, seed=SEED)
     frames = [detector.frame(i) for i in range(n)]
     return Payloads(label, shape, frames, [compress(f) for f in frames])
-
-
-def single_thread_openmp() -> str:
-    """Limit bitshuffle's OpenMP to 1 thread, so codec MB/s is what one worker core gets.
-
-    bitshuffle's extension links its own libgomp and compresses blocks on every core by default
-    (here 2 threads made `compress` ~1.7x faster and `decompress` slower). omp_set_num_threads
-    on the library already loaded in this process sets it for this thread, whose calls these are.
-    """
-    path = None
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "libgomp" in line:
-                path = line.split()[-1]
-                break
-    if path is None:
-        return "1 thread (bitshuffle without OpenMP)"
-    lib = ctypes.CDLL(path)
-    lib.omp_set_num_threads(1)
-    return f"OpenMP threads set to {lib.omp_get_max_threads()} (of {os.cpu_count()} CPUs)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,7 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sizes:
         ap.error(f"no frame size matches {opts.only!r}")
     parent = opts.dir or default_tmp_parent()
-    threads = single_thread_openmp()
+    n = set_codec_threads(1)
+    threads = f"OpenMP threads set to {n} (of {os.cpu_count()} CPUs)" if n else (
+        "1 thread (bitshuffle without OpenMP)")
 
     t_start = time.monotonic()
     load_before, pressure_before = os.getloadavg()[0], cpu_pressure()

@@ -45,7 +45,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import platform
 import statistics
@@ -58,7 +57,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from stream_node.compression import compress
+from stream_node.compression import compress, set_codec_threads
 from stream_node.kernels import _numba, build_chain, reference
 from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.stage import aligned_copy, aligned_empty
@@ -119,21 +118,6 @@ def memcpy_time(nbytes: int, mode: Mode) -> float:
         dst[...] = 0
         _memcpy_cache[nbytes] = median_call(lambda: np.copyto(dst, src), mode)
     return _memcpy_cache[nbytes]
-
-
-def single_thread_openmp() -> str:
-    """Limit bitshuffle's OpenMP to one thread, so the chain's compress is one core's work."""
-    path = None
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "libgomp" in line:
-                path = line.split()[-1]
-                break
-    if path is None:
-        return "bitshuffle without OpenMP"
-    lib = ctypes.CDLL(path)
-    lib.omp_set_num_threads(1)
-    return f"OpenMP threads {lib.omp_get_max_threads()}"
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -393,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += rows_for(shape, mode)
         print(f"  kernels {shape[0]}x{shape[1]} done ({time.monotonic() - t_start:.0f} s)",
               file=sys.stderr, flush=True)
-    omp = single_thread_openmp()
+    n = set_codec_threads(1)
+    omp = f"OpenMP threads {n}" if n else "bitshuffle without OpenMP"
     chains = [chain_row(shape, mode) for shape in shapes]
     print(f"\nstream-node kernel bench ({'full' if opts.full else 'quick'}, "
           f"{time.monotonic() - t_start:.0f} s): {os.cpu_count()} CPUs, "

@@ -8,6 +8,7 @@ that the bytes are identical to what the HDF5 filter itself writes.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 import bitshuffle
@@ -23,6 +24,22 @@ _TARGET_BLOCK_BYTES = 8192  # bitshuffle's BSHUF_TARGET_BLOCK_SIZE_B
 def hdf5_filter() -> hdf5plugin.Bitshuffle:
     """The dataset filter whose chunks `compress` makes (nelems=0: default block, LZ4)."""
     return hdf5plugin.Bitshuffle(nelems=0, cname="lz4")
+
+
+def set_codec_threads(n: int) -> int:
+    """Set how many threads bitshuffle's OpenMP uses (in this thread); returns the number now.
+
+    bitshuffle links its own libgomp and, by default, compresses on every core. A worker is one
+    of several processes sharing the cores, so it uses one thread; benchmarks do the same to
+    measure one core. 0 means bitshuffle was built without OpenMP here.
+    """
+    with open("/proc/self/maps") as maps:
+        path = next((line.split()[-1] for line in maps if "libgomp" in line), None)
+    if path is None:
+        return 0
+    lib = ctypes.CDLL(path)
+    lib.omp_set_num_threads(n)
+    return int(lib.omp_get_max_threads())
 
 
 def _block_elems(itemsize: int) -> int:

@@ -76,6 +76,8 @@ class Worker:
             connect(push, cfg.output, "collector's input")
             start = link.wait_start(cfg.ready_timeout_s)
             self.compress = start.get("compression") == "bslz4"
+            if self.compress:  # parallelism comes from the worker processes, not codec threads
+                compression.set_codec_threads(1)
             self._setup_kernels(start)
 
             def listen() -> None:  # an ABORT (e.g. the collector refused the run) ends the wait
