@@ -40,13 +40,18 @@ class LinkLimits:
     heartbeat_timeout_ms: int = 1500
 
     def bound_bytes(self, max_frame_bytes: int) -> int:
-        return (self.sndhwm + self.rcvhwm) * max_frame_bytes + self.sndbuf + self.rcvbuf
+        """What one paused link can hold: each queue's HWM plus the one message each ZMTP engine
+        has in hand, plus the kernel socket buffers, which Linux makes twice the size asked for
+        (tcp(7)); measured by bench/queue_capacity.py."""
+        return ((self.sndhwm + self.rcvhwm + 2) * max_frame_bytes
+                + 2 * (self.sndbuf + self.rcvbuf))
 
     def describe(self, max_frame_bytes: int) -> str:
         return (
             f"link memory bound ~{self.bound_bytes(max_frame_bytes) / MiB:.0f} MiB "
-            f"((SNDHWM {self.sndhwm} + RCVHWM {self.rcvhwm}) x {max_frame_bytes / MiB:.2f} MiB "
-            f"+ SNDBUF {self.sndbuf / MiB:.0f} MiB + RCVBUF {self.rcvbuf / MiB:.0f} MiB)"
+            f"((SNDHWM {self.sndhwm} + RCVHWM {self.rcvhwm} + 2) x "
+            f"{max_frame_bytes / MiB:.2f} MiB + 2 x (SNDBUF {self.sndbuf / MiB:.0f} MiB + "
+            f"RCVBUF {self.rcvbuf / MiB:.0f} MiB))"
         )
 
 
