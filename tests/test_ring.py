@@ -428,3 +428,39 @@ def test_dead_members_frames_come_back_even_when_every_wait_is_short(name, child
         ring.publish(slot, frame_header(frame, 7, frame_id))
     ring.end()
     assert sorted(out.get(timeout=30)) == list(range(50))
+
+
+def view_and_hold(name: str, holding: mp.Event, release: mp.Event, out: mp.Queue) -> None:
+    """A live viewer in its own process that takes the newest frame and sits on it."""
+    viewer = Ring.attach(name).consumer("live")
+    [frame] = viewer.acquire(timeout=20)
+    held = frame.frame_id
+    holding.set()
+    release.wait(30)
+    intact = stamped_id(frame.data) == held
+    viewer.release(frame)
+    [newest] = viewer.acquire(timeout=20)
+    out.put((held, intact, newest.frame_id))
+    viewer.release(newest)
+
+
+@pytest.mark.timeout(60)
+def test_a_viewer_process_holding_a_frame_never_blocks_the_producer(name, children):
+    ring = Ring.create(name, slots=4, slot_bytes=4096, groups={"live": "latest"})
+    holding, release, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    viewer = ctx.Process(target=view_and_hold, args=(name, holding, release, out))
+    children.append(viewer)
+    viewer.start()
+    det = SyntheticDetector(SHAPE, "uint16")
+    frame_id = 0
+    while not holding.is_set():  # until the viewer has its frame (bounded by the test timeout)
+        ring.write(det.frame(frame_id), run_id=7, frame_id=frame_id, timeout=0.5)
+        frame_id += 1
+    t0 = time.monotonic()
+    for i in range(frame_id, frame_id + 2000):  # a claim that waited would raise RingTimeout
+        ring.write(det.frame(i), run_id=7, frame_id=i, timeout=0.5)
+    assert ring.stats()["producer_waits"] == 0 and time.monotonic() - t0 < 10
+    release.set()
+    held, intact, newest = out.get(timeout=20)
+    assert held < frame_id and intact  # its slot was never overwritten while held
+    assert newest == frame_id + 1999
