@@ -25,7 +25,7 @@ from stream_node.errors import (
     StorageError,
     StreamNodeError,
 )
-from stream_node.frame import Encoding, Frame, FrameHeader, MsgType, frame_header, payload_view
+from stream_node.frame import Encoding, FrameHeader, MsgType, frame_header, payload_view
 from stream_node.ring import Consumer, Ring, RingFrame
 from stream_node.run_file import Run, read_run
 from stream_node.source import RunSummary, Source, SourceConfig
@@ -41,7 +41,6 @@ __all__ = [
     "Encoding",
     "EndOfStream",
     "ExitCode",
-    "Frame",
     "FrameHeader",
     "LinkLimits",
     "Liveness",

@@ -37,7 +37,6 @@ class Peer:
     pid: int
     last_seen: float
     ready: bool = False
-    started: bool = False
     finished: bool = False  # said DONE: it has left, on purpose
     unreachable: bool = False  # its connection is gone (it died or was cut off)
     final: dict | None = None  # the body of its DONE (or DRAINED for the collector)
@@ -139,7 +138,7 @@ class ControlHub:
                         int(body.get("pid", 0)), now)
             self.peers[identity] = peer
             log.info("control: %s %s (pid %d) said hello", peer.role, peer.name, peer.pid)
-            peer.started = self.send(peer, MsgType.START, self.start_body)
+            self.send(peer, MsgType.START, self.start_body)
             return None
         peer = self.peers.get(identity)
         if peer is None:

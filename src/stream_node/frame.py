@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -18,7 +17,6 @@ __all__ = [
     "FLAG_FAILED",
     "HEADER_SIZE",
     "Encoding",
-    "Frame",
     "FrameHeader",
     "MsgType",
     "control_message",
@@ -131,18 +129,6 @@ def payload_view(header: FrameHeader, payload: Any) -> np.ndarray:
     if header.encoding != Encoding.RAW:
         raise ProtocolError(f"frame {header.frame_id}: payload is encoded ({header.encoding})")
     return np.frombuffer(buf, dtype=dtype_of(header.dtype_code)).reshape(header.shape)
-
-
-@dataclass(slots=True)
-class Frame:
-    """One received frame: the parsed header and a view of its payload (no copy)."""
-
-    header: FrameHeader
-    data: np.ndarray
-
-    @property
-    def frame_id(self) -> int:
-        return self.header.frame_id
 
 
 def control_message(msg_type: MsgType, run_id: int, body: Any = None, frame_id: int = 0) -> list:

@@ -106,11 +106,6 @@ cdef class FrameHeader:
             raise ProtocolError(_describe(rc, view, SN_HEADER_SIZE, &self.h))
         return bytes(out)
 
-    def copy(self):
-        cdef FrameHeader other = FrameHeader.__new__(FrameHeader)
-        other.h = self.h
-        return other
-
     @property
     def msg_type(self):
         return self.h.msg_type
