@@ -73,11 +73,14 @@ READER = textwrap.dedent("""
     f = h5py.File(path, "r", libver="latest", swmr=True)
     received, data, end = f["entry/frames/received"], f["entry/data/data"], f["entry/end_time"]
     while True:
-        received.refresh(); data.refresh(); end.refresh()
+        received.refresh()
         got = np.flatnonzero(received[()])
         if len(got) >= want:
             break
+    # The flags first, then the data: a frame flagged at a flush is in the data from that flush.
+    end.refresh()
     running = end[()] in (b"", "")
+    data.refresh()
     for i in got:
         assert data[int(i)].tobytes() == det.frame(int(i)).tobytes(), i
     print(len(got), "running" if running else "finished")

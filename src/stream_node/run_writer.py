@@ -299,12 +299,17 @@ class RunWriter:
         self._file["entry/stream_node/counters"][:] = [int(merged.get(n, 0)) for n in COUNTERS]
 
     def flush(self, counters: dict[str, Any] | None = None) -> None:
-        """Make every frame written so far durable and visible to SWMR readers."""
+        """Make every frame written so far durable and visible to SWMR readers.
+
+        Two steps, so that a frame's `received` flag never reaches the disk before its chunk's
+        index entry does: first the chunks' metadata, then the flags and counters.
+        """
         try:
-            self._records()
-            self._counters(counters or {})
             for f in self._data_files.values():
                 f.flush()
+            self._file.flush()
+            self._records()
+            self._counters(counters or {})
             self._file.flush()
         except OSError as exc:
             raise StorageError(f"flushing {self.path} failed: {_brief(exc)}") from None
