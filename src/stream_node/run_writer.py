@@ -102,7 +102,7 @@ class RunWriter:
         self._timestamp = np.zeros(size, np.uint64)
         self._arrival = np.zeros(size, np.uint64)
         self._worker = np.full(size, -1, np.int32)
-        self._dirty = [size, 0]  # the range of per-frame records not yet in the file
+        self._dirty_lo, self._dirty_hi = size, 0  # per-frame records not yet in the file
         self._data_files: dict[int, h5py.File] = {}
         self._made: set[int] = set()  # data files created by this run (reopened, not refused)
         self._closed = False
@@ -161,6 +161,7 @@ class RunWriter:
             self._virtual_data(data, size)
         else:
             self._dset = self._frame_dataset(data, size, resizable=True)
+            self._dset_id = self._dset.id
         frames = entry.create_group("frames")
         frames.attrs["NX_class"] = "NXcollection"
         for name, dtype in (("frame_id", np.uint64), ("timestamp_ns", np.uint64),
@@ -183,6 +184,13 @@ class RunWriter:
         counters.attrs["names"] = list(COUNTERS)
         node.create_dataset("reports", shape=(0,), maxshape=(None,), dtype=np.uint8,
                             chunks=(65536,))
+        # Handles looked up once: flushes and finalize then cost no path lookups.
+        self._ds = {name: entry[path] for name, path in (
+            ("frame_id", "frames/frame_id"), ("timestamp_ns", "frames/timestamp_ns"),
+            ("arrival_ns", "frames/arrival_ns"), ("worker", "frames/worker"),
+            ("received", "frames/received"), ("missing_id", "missing/frame_id"),
+            ("missing_reason", "missing/reason"), ("counters", "stream_node/counters"),
+            ("reports", "stream_node/reports"), ("end_time", "end_time"))}
 
     def _data_file_path(self, k: int) -> Path:
         return self.path.with_name(f"{self.path.stem}_{k + 1:06d}{self.path.suffix}")
@@ -237,12 +245,14 @@ class RunWriter:
 
     def write(self, index: int, payload: Any, timestamp_ns: int, worker: int) -> bool:
         """Write one frame's bytes as its chunk; False (and counted) if that index is written."""
-        if index >= self.capacity:
+        received = self._received
+        if index >= len(received):
             if self.frames_per_file:
                 raise StorageError(f"frame {index + self.first_frame_id} is beyond the run's "
                                    f"{self.capacity} frames")
             self._grow(index)
-        if self._received[index]:
+            received = self._received
+        if received[index]:
             self.duplicates += 1
             return False
         try:
@@ -250,7 +260,7 @@ class RunWriter:
                 k, at = divmod(index, self.frames_per_file)
                 self._data_file(k).id.write_direct_chunk((at, *self._zeros), payload)
             else:
-                self._dset.id.write_direct_chunk((index, *self._zeros), payload)
+                self._dset_id.write_direct_chunk((index, *self._zeros), payload)
         except OSError as exc:
             last = "none" if self.last_written is None else str(self.last_written)
             raise StorageError(
@@ -258,15 +268,20 @@ class RunWriter:
                 f"{_brief(exc)}; "
                 f"the last frame written was {last}, and the {self.frames_written} frames "
                 "written before stay readable") from None
-        self._received[index] = True
+        # The per-frame bookkeeping: a few scalar stores, no allocation (this runs per frame).
+        received[index] = True
         self._timestamp[index] = timestamp_ns
         self._arrival[index] = time.time_ns()
         self._worker[index] = worker
-        self._dirty = [min(self._dirty[0], index), max(self._dirty[1], index + 1)]
+        if index < self._dirty_lo:
+            self._dirty_lo = index
+        if index >= self._dirty_hi:
+            self._dirty_hi = index + 1
+        if index > self.last_index:
+            self.last_index = index
         self.frames_written += 1
         self.bytes_written += self._frame_nbytes
         self.bytes_stored += memoryview(payload).nbytes
-        self.last_index = max(self.last_index, index)
         self.last_written = index + self.first_frame_id
         return True
 
@@ -277,26 +292,26 @@ class RunWriter:
         return np.flatnonzero(~self._received[:count])
 
     def _records(self) -> None:
-        lo, hi = self._dirty
+        lo, hi = self._dirty_lo, self._dirty_hi
         if lo >= hi:
             return
-        frames = self._file["entry/frames"]
-        if frames["received"].shape[0] < self.capacity:
+        ds = self._ds
+        if ds["received"].shape[0] < self.capacity:
             for name in ("frame_id", "timestamp_ns", "arrival_ns", "worker", "received"):
-                frames[name].resize((self.capacity,))
-            frames["frame_id"][:] = (np.arange(self.capacity, dtype=np.uint64)
-                                     + np.uint64(self.first_frame_id))
-        frames["timestamp_ns"][lo:hi] = self._timestamp[lo:hi]
-        frames["arrival_ns"][lo:hi] = self._arrival[lo:hi]
-        frames["worker"][lo:hi] = self._worker[lo:hi]
-        frames["received"][lo:hi] = self._received[lo:hi]
-        self._dirty = [self.capacity, 0]
+                ds[name].resize((self.capacity,))
+            ds["frame_id"][:] = (np.arange(self.capacity, dtype=np.uint64)
+                                 + np.uint64(self.first_frame_id))
+        ds["timestamp_ns"][lo:hi] = self._timestamp[lo:hi]
+        ds["arrival_ns"][lo:hi] = self._arrival[lo:hi]
+        ds["worker"][lo:hi] = self._worker[lo:hi]
+        ds["received"][lo:hi] = self._received[lo:hi]
+        self._dirty_lo, self._dirty_hi = self.capacity, 0
 
     def _counters(self, values: dict[str, Any]) -> None:
         own = {"frames_written": self.frames_written, "bytes_written": self.bytes_written,
                "bytes_stored": self.bytes_stored, "duplicates": self.duplicates}
         merged = {**values, **own}
-        self._file["entry/stream_node/counters"][:] = [int(merged.get(n, 0)) for n in COUNTERS]
+        self._ds["counters"][:] = [int(merged.get(n, 0)) for n in COUNTERS]
 
     def flush(self, counters: dict[str, Any] | None = None) -> None:
         """Make every frame written so far durable and visible to SWMR readers.
@@ -322,24 +337,23 @@ class RunWriter:
                 self._dset.resize(count, axis=0)
                 for name in ("_received", "_timestamp", "_arrival", "_worker"):
                     setattr(self, name, getattr(self, name)[:count])
-                self._dirty = [0, count]
-                frames = self._file["entry/frames"]
+                self._dirty_lo, self._dirty_hi = 0, count
                 for name in ("frame_id", "timestamp_ns", "arrival_ns", "worker", "received"):
-                    frames[name].resize((count,))
-                frames["frame_id"][:] = (np.arange(count, dtype=np.uint64)
-                                         + np.uint64(self.first_frame_id))
-            entry = self._file["entry"]
+                    self._ds[name].resize((count,))
+                self._ds["frame_id"][:] = (np.arange(count, dtype=np.uint64)
+                                           + np.uint64(self.first_frame_id))
+            ds = self._ds
             ids = np.array(sorted(missing_reasons), dtype=np.uint64)
-            entry["missing/frame_id"].resize((len(ids),))
-            entry["missing/frame_id"][:] = ids + np.uint64(self.first_frame_id)
-            entry["missing/reason"].resize((len(ids),))
             if len(ids):
-                entry["missing/reason"][:] = [
+                ds["missing_id"].resize((len(ids),))
+                ds["missing_id"][:] = ids + np.uint64(self.first_frame_id)
+                ds["missing_reason"].resize((len(ids),))
+                ds["missing_reason"][:] = [
                     missing_reasons[int(i)].encode()[:REASON_BYTES] for i in ids]
             blob = np.frombuffer(json.dumps(reports or {}).encode(), np.uint8)
-            entry["stream_node/reports"].resize((len(blob),))
-            entry["stream_node/reports"][:] = blob
-            entry["end_time"][()] = _now()
+            ds["reports"].resize((len(blob),))
+            ds["reports"][:] = blob
+            ds["end_time"][()] = _now()
             self.flush({**counters, "missing": len(ids)})
         except OSError as exc:
             raise StorageError(f"finalising {self.path} failed: {_brief(exc)}") from None
@@ -365,7 +379,8 @@ class RunWriter:
         self._closed = True
         files = [*self._data_files.values(), self._file]
         self._data_files.clear()
-        self.__dict__.pop("_dset", None)
+        for name in ("_dset", "_dset_id", "_ds"):
+            self.__dict__.pop(name, None)
         for f in files:
             try:
                 if f.id.valid:
