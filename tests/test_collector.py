@@ -222,3 +222,27 @@ def test_a_killed_collector_leaves_a_valid_file_up_to_its_last_flush(node, ipc, 
     assert len(written) >= 30
     for i in written:
         assert run.frames[i].tobytes() == DET.frame(int(i)).tobytes()
+
+
+@pytest.mark.timeout(120)
+def test_frames_that_died_with_a_worker_are_recorded_naming_it(node, ipc, tmp_path):
+    """PUSH fan-out: a frozen worker's queue fills; killed, its frames are gone. The ledger has
+    every one of them, saying which worker ended without a report."""
+    path = tmp_path / "run.h5"
+    source, _collector, workers = start_roles(node, ipc, path, 2, frames=400,
+                                             extra_source=("--rate", "300"),
+                                             extra_collector=("--flush-interval", "0.1"))
+    for line in source.stderr:
+        if "the collector ready" in line:
+            break
+    workers[0].send_signal(signal.SIGSTOP)  # frames keep coming to it until its queue is full
+    reader = subprocess.run([sys.executable, "-c", READER, str(path), "80"], capture_output=True,
+                            text=True, timeout=60)
+    assert reader.returncode == 0, reader.stderr
+    workers[0].kill()
+    code, _, err = finish(source)
+    assert code == ExitCode.FRAMES_MISSING, err
+    run = read_run(path)
+    assert run.missing and len(run.missing) + int(run.received.sum()) == 400
+    for reason in run.missing.values():
+        assert "worker w0 ended without a final report" in reason, reason

@@ -101,7 +101,8 @@ def test_killed_ring_worker_loses_nothing_silently(node, tmp_path):
     written = set(np.flatnonzero(run.received).tolist())
     assert written | set(run.missing) == set(range(600))  # every id accounted for ...
     assert not written & set(run.missing)  # ... exactly once
-    assert all("drain timeout" in reason for reason in run.missing.values())
+    assert all("drain timeout" in reason and "worker w0 ended without a final report" in reason
+               for reason in run.missing.values())
     det = SyntheticDetector((128, 256), "uint16")
     for i in sorted(written)[::50]:
         assert run.frames[i].tobytes() == det.frame(i).tobytes()

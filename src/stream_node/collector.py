@@ -261,12 +261,25 @@ class Collector:
             "dropped": self.drops.as_dict(),
         }
 
+    def _blame_lost_workers(self, reports: dict) -> None:
+        """Frames that never came while a worker died (no final report) most likely died with
+        it: say which worker in their reason, so the ledger tells what happened."""
+        lost = sorted(name for name, report in reports.items() if "error" in report)
+        if not lost:
+            return
+        note = (f"; worker {', '.join(lost)} ended without a final report (died or cut off), "
+                "frames it held were lost with it")
+        for index, reason in self._missing_reasons.items():
+            if index not in self._failed:
+                self._missing_reasons[index] = reason + note
+
     def _finish(self, link: ControlLink, early_reason: str | None, final: dict) -> None:
         """Write the ledger and counters, close the file, and report DONE."""
         if self.writer is None or not self.writer.is_open:
             return
         if early_reason is not None:
             self._drain_result(early_reason)
+        self._blame_lost_workers(final.get("workers", {}))
         count = self._count()
         try:
             self.writer.finalize(count, self._missing_reasons, self._live_counters(), final)
