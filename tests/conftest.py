@@ -73,3 +73,11 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
         raise AssertionError(f"{' '.join(map(str, proc.args[3:6]))} hung for {timeout} s; "
                              f"its stderr ends:\n{err[-4000:]}") from None
     return proc.returncode, out, err
+
+
+def wait_run_started(source: subprocess.Popen) -> None:
+    """Block until the source logs that every peer is READY (a handshake, not a delay)."""
+    for line in source.stderr:
+        if "the collector ready" in line:
+            return
+    raise AssertionError("the source exited before the run started")

@@ -15,7 +15,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from conftest import finish
+from conftest import finish, wait_run_started
 from stream_node import ExitCode, SyntheticDetector, read_run
 from stream_node import compression as bslz4
 from test_pipeline import SHAPE, assert_ledger, start_roles
@@ -93,9 +93,7 @@ def test_a_reader_process_reads_frames_while_the_run_is_written(node, ipc, tmp_p
     source, _collector, _procs = start_roles(
         node, ipc, path, 2, frames=600, extra_source=("--rate", "150"),
         extra_collector=("--flush-interval", "0.2"))
-    for line in source.stderr:  # the file exists once the collector is ready
-        if "the collector ready" in line:
-            break
+    wait_run_started(source)
     reader = subprocess.run([sys.executable, "-c", READER, str(path), "60"], capture_output=True,
                             text=True, timeout=60)
     assert reader.returncode == 0, reader.stderr
@@ -129,9 +127,7 @@ def test_sigterm_makes_the_collector_finalise_and_record_the_rest(node, ipc, tmp
     path = tmp_path / "run.h5"
     source, collector, _procs = start_roles(node, ipc, path, 1, frames=10000,
                                            extra_source=("--rate", "200"))
-    for line in source.stderr:
-        if "the collector ready" in line:
-            break
+    wait_run_started(source)
     reader = subprocess.run([sys.executable, "-c", READER, str(path), "20"], capture_output=True,
                             text=True, timeout=60)
     assert reader.returncode == 0, reader.stderr
@@ -208,9 +204,7 @@ def test_a_killed_collector_leaves_a_valid_file_up_to_its_last_flush(node, ipc, 
     source, collector, _ = start_roles(node, ipc, path, 1, frames=10000,
                                        extra_source=("--rate", "300"),
                                        extra_collector=("--flush-interval", "0.1"))
-    for line in source.stderr:
-        if "the collector ready" in line:
-            break
+    wait_run_started(source)
     reader = subprocess.run([sys.executable, "-c", READER, str(path), "30"], capture_output=True,
                             text=True, timeout=60)
     assert reader.returncode == 0, reader.stderr
@@ -232,9 +226,7 @@ def test_frames_that_died_with_a_worker_are_recorded_naming_it(node, ipc, tmp_pa
     source, _collector, workers = start_roles(node, ipc, path, 2, frames=400,
                                              extra_source=("--rate", "300"),
                                              extra_collector=("--flush-interval", "0.1"))
-    for line in source.stderr:
-        if "the collector ready" in line:
-            break
+    wait_run_started(source)
     workers[0].send_signal(signal.SIGSTOP)  # frames keep coming to it until its queue is full
     reader = subprocess.run([sys.executable, "-c", READER, str(path), "80"], capture_output=True,
                             text=True, timeout=60)

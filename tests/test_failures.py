@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import finish
+from conftest import finish, wait_run_started
 from stream_node import ExitCode, FrameHeader, MsgType, SyntheticDetector, frame_header, read_run
 from stream_node.control import ControlHub, Liveness
 from test_pipeline import assert_ledger, start_roles
@@ -212,11 +212,7 @@ def test_collector_killed_mid_run_makes_source_and_workers_stop(node, ipc, tmp_p
     source, collector, procs = start_roles(node, ipc, tmp_path / "run.h5", 2, frames=100000,
                                            extra_source=("--rate", "200"))
     # Kill it once the source logged that every peer is ready (a handshake, not a delay).
-    for line in source.stderr:
-        if "the collector ready" in line:
-            break
-    else:
-        raise AssertionError("source exited before the run started")
+    wait_run_started(source)
     os.kill(collector.pid, signal.SIGKILL)
     code, _, err = finish(source, timeout=30)
     assert code == ExitCode.PEER_TIMEOUT and "collector" in err, err

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import finish
+from conftest import finish, wait_run_started
 from stream_node import ExitCode, LinkLimits, read_run
 
 MiB = 1 << 20
@@ -33,9 +33,7 @@ def test_a_stalled_collector_keeps_source_and_worker_within_their_bounds(node, i
     worker = node("worker", "--control", control, "--input", fanout, "--output", fanin, *timing)
     source = node("source", "--control", control, "--data", fanout, "--frames", "400",
                   "--shape", "512x1024", *timing)
-    for line in source.stderr:
-        if "the collector ready" in line:
-            break
+    wait_run_started(source)
     collector.send_signal(signal.SIGSTOP)  # the consumer stalls; nothing drains the pipeline
     base = {p.pid: rss(p.pid) for p in (source, worker)}
     peak = dict(base)

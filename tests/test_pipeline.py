@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import finish
+from conftest import finish, wait_run_started
 from stream_node import ExitCode, SyntheticDetector, read_run, run_local_pipeline
 
 SHAPE = "128x256"
@@ -91,9 +91,7 @@ def test_killed_ring_worker_loses_nothing_silently(node, tmp_path):
     path = tmp_path / "run.h5"
     source, _collector, procs = start_roles(node, Endpoints(tmp_path, "ring"), path, 2,
                                            frames=600, extra_source=("--rate", "300"))
-    for line in source.stderr:  # a handshake, not a delay: the run has started
-        if "the collector ready" in line:
-            break
+    wait_run_started(source)
     os.kill(procs[0].pid, signal.SIGKILL)
     code, _out, err = finish(source)
     assert code in (ExitCode.OK, ExitCode.FRAMES_MISSING), err
