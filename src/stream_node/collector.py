@@ -128,6 +128,7 @@ class Collector:
             if msg is not None:
                 if msg.msg_type == MsgType.END:
                     self.end = msg.body
+                    self._origin_missing(msg.body.get("missing") or {})
                     last_progress = time.monotonic()
                     log.info("collector: END received: last frame %s, %s frames",
                              msg.body.get("last_frame_id"), msg.body.get("frame_count"))
@@ -201,6 +202,14 @@ class Collector:
             return False
         self._failed[index] = f"worker {header.sender}: {reason}"
         return True
+
+    def _origin_missing(self, missing: dict) -> None:
+        """Ids the detector never delivered (the source knows why): accounted for at once."""
+        assert self.writer is not None
+        for frame_id, reason in missing.items():
+            index = int(frame_id) - self._first
+            if index >= 0 and not self.writer.has(index):
+                self._failed.setdefault(index, f"detector: {reason}")
 
     def _check(self, header: FrameHeader, nbytes: int) -> str | None:
         if header.shape != self._shape or header.dtype_code != self._dtype_code:

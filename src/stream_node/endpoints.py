@@ -41,6 +41,10 @@ class FrameOutput(Protocol):
     def commit(self, header: FrameHeader, buffer: np.ndarray) -> bool:
         """Hand the reserved frame on; False if it must be retried later (peer went away)."""
 
+    def put(self, header: FrameHeader, payload: Any, timeout_ms: int) -> bool:
+        """Hand on a frame that arrived in a buffer of its own (a received message): sent as
+        it is over ZeroMQ, copied once into a ring slot. False if no consumer took it in time."""
+
     def end(self) -> None: ...
     def close(self) -> None: ...
     def describe(self) -> str: ...
@@ -71,6 +75,11 @@ class PushOutput:
             return False
         return True
 
+    def put(self, header: FrameHeader, payload: Any, timeout_ms: int) -> bool:
+        if not self.sock.poll(timeout_ms, zmq.POLLOUT):
+            return False
+        return self.commit(header, payload)
+
     def end(self) -> None:
         """PUSH cannot broadcast: the end of the run travels on the control channel."""
 
@@ -98,6 +107,19 @@ class RingOutput:
         return self.ring.payload(self.slot, shape, dtype)
 
     def commit(self, header: FrameHeader, buffer: np.ndarray) -> bool:
+        self.ring.publish(self.slot, header)
+        return True
+
+    def put(self, header: FrameHeader, payload: Any, timeout_ms: int) -> bool:
+        data = np.frombuffer(payload, np.uint8)
+        if data.nbytes > self.ring.slot_bytes:
+            raise ConfigError(f"frame {header.frame_id} has {data.nbytes} bytes, a slot of ring "
+                              f"{self.ring.name!r} holds {self.ring.slot_bytes}")
+        try:
+            self.slot = self.ring.claim(timeout=timeout_ms / 1000)
+        except RingTimeout:
+            return False
+        self.ring.payload(self.slot)[: data.nbytes] = data
         self.ring.publish(self.slot, header)
         return True
 

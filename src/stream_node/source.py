@@ -17,11 +17,10 @@ import zmq
 
 from stream_node import __version__
 from stream_node.control import ControlHub, Inbound, Liveness, Peer
-from stream_node.endpoints import FrameOutput, open_output
-from stream_node.errors import ConfigError, ExitCode, PeerTimeout, RunAborted, StreamNodeError
-from stream_node.frame import MsgType, frame_header
-from stream_node.replay import FILE, FileReplay
-from stream_node.synthetic import SyntheticDetector
+from stream_node.endpoints import open_output
+from stream_node.errors import ExitCode, PeerTimeout, RunAborted, StreamNodeError
+from stream_node.frame import Encoding, MsgType
+from stream_node.origins import Emitted, OriginOptions, Stall, open_origin
 from stream_node.transport import LinkLimits
 
 log = logging.getLogger(__name__)
@@ -40,17 +39,13 @@ class SourceConfig:
     run_id: int | None = None
     ring_slots: int = 16  # frames in flight when `data` is ring://NAME
     compression: str | None = None  # "bslz4": workers compress, the collector writes bytes
-    origin: str = "synthetic:"  # or file://PATH: replay a written run
+    origin: str = "synthetic:"  # file://PATH replays a run; see stream_node.origins
     kernels: list[dict] | None = None  # the workers' chain, e.g. [{"kernel": "photonise", ...}]
     recorded_rate: bool = False  # file:// only: send at the pace the frames were taken
+    origin_timeout_s: float = 10.0  # a detector silent this long mid-run has ended the run
     ready_timeout_s: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
-
-
-@dataclass
-class Stall:
-    since: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -109,49 +104,51 @@ class Source:
         self.cfg = config
         self.ctx = ctx or zmq.Context.instance()
         self.run_id = config.run_id if config.run_id is not None else secrets.randbits(63) | 1
-        self.replay: FileReplay | None = None
-        if config.origin.startswith(FILE):
-            self.replay = FileReplay(config.origin[len(FILE):])
-            self.detector: SyntheticDetector | FileReplay = self.replay
-            self.first_id = self.replay.first_id
-            self.count = min(config.frames, self.replay.count) if config.frames else (
-                self.replay.count)
-        elif config.origin == "synthetic:":
-            self.detector = SyntheticDetector(config.shape, config.dtype, config.seed)
-            self.first_id, self.count = 0, config.frames
-        else:
-            raise ConfigError(f"unknown frame origin {config.origin!r}: use synthetic: or "
-                              "file://PATH")
-        self.sent = 0
-        self.last_id = -1
+        self.origin = open_origin(config.origin, OriginOptions(
+            frames=config.frames, shape=config.shape, dtype=config.dtype, seed=config.seed,
+            rate=config.rate, recorded_rate=config.recorded_rate,
+            timeout_s=config.origin_timeout_s))
+        self.emitted = Emitted()
         self.stalls = 0
+        self._hub: ControlHub | None = None
+
+    @property
+    def sent(self) -> int:
+        return self.emitted.sent
 
     def start_body(self) -> dict[str, Any]:
-        c = self.cfg
-        origin: dict[str, Any] = {"source": c.origin, "seed": c.seed}
-        if self.replay is not None:
-            origin = {"source": c.origin, "replay_of_run_id": self.replay.run_id}
+        c, origin = self.cfg, self.origin
         shape, dtype = self.output_geometry()
+        metadata = origin.metadata()
+        # Frames that arrive compressed reach the file as they came unless a kernel needs pixels.
+        passthrough = origin.encoding == Encoding.BSLZ4 and not c.kernels
         return {"shape": list(shape), "dtype": str(dtype),
-                "input": {"shape": list(self.detector.shape), "dtype": str(self.detector.dtype)},
+                "input": {"shape": list(origin.shape), "dtype": str(origin.dtype),
+                          "encoding": origin.encoding.name.lower()},
                 "kernels": c.kernels or [],
-                "frames": self.count, "first_frame_id": self.first_id, **origin,
+                "frames": -1 if origin.count is None else origin.count,
+                "first_frame_id": origin.first_id, **metadata,
                 "rate": c.rate, "workers": c.workers, "software_version": __version__,
-                "compression": c.compression or "none",
-                "detector": {"description": "stream-node synthetic detector"}}
+                "compression": "bslz4" if passthrough else (c.compression or "none")}
 
     def output_geometry(self) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of the frames the collector writes: the workers' chain output."""
         if not self.cfg.kernels:
-            return tuple(self.detector.shape), np.dtype(self.detector.dtype)
+            return tuple(self.origin.shape), np.dtype(self.origin.dtype)
         from stream_node.kernels import build_chain
 
-        chain = build_chain(self.cfg.kernels, self.detector.shape, self.detector.dtype)
+        chain = build_chain(self.cfg.kernels, self.origin.shape, self.origin.dtype)
         return tuple(chain.out_shape), np.dtype(chain.out_dtype)
 
     def run(self) -> RunSummary:
+        try:
+            return self._run()
+        finally:
+            self.origin.close()
+
+    def _run(self) -> RunSummary:
         # The data output exists before the hub answers HELLO, so a worker told START finds it.
-        out = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.detector.nbytes,
+        out = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.origin.frame_bytes,
                           self.cfg.ring_slots)
         try:
             hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
@@ -160,12 +157,14 @@ class Source:
             out.close()
             raise
         try:
-            log.info("source: run %#x, %d frames %s %s from %s; %s", self.run_id, self.count,
-                     self.detector.shape, self.detector.dtype, self.cfg.origin, out.describe())
+            self._hub = hub
+            count = "?" if self.origin.count is None else self.origin.count
+            log.info("source: run %#x, %s frames %s %s from %s; %s", self.run_id, count,
+                     self.origin.shape, self.origin.dtype, self.cfg.origin, out.describe())
             self._wait_ready(hub)
             t0 = time.monotonic()
-            self._send_all(hub, out)
-            return self._end(hub, out, t0)
+            self.emitted = self.origin.emit(out, self.run_id, self)
+            return self._end(hub, t0)
         except (StreamNodeError, KeyboardInterrupt) as exc:
             reason = str(exc) or type(exc).__name__
             hub.broadcast(MsgType.ABORT, {"reason": reason})
@@ -173,8 +172,6 @@ class Source:
         finally:
             out.close()
             hub.close()
-            if self.replay is not None:
-                self.replay.close()
 
     # -- start -------------------------------------------------------------------------------
 
@@ -196,44 +193,22 @@ class Source:
         return (f"workers ready {len(workers)}/{self.cfg.workers} ({', '.join(workers) or 'none'})"
                 f", collector {col}")
 
-    # -- frames ------------------------------------------------------------------------------
+    # -- RunControl: what the origin asks while it emits -------------------------------------
 
-    def _send_all(self, hub: ControlHub, out: FrameOutput) -> None:
-        cfg = self.cfg
-        shape, dtype = self.detector.shape, self.detector.dtype
-        if self.replay is not None:
-            ids = self.replay.ids(self.count)
-        else:
-            ids = iter(range(self.first_id, self.first_id + self.count))
-        t0 = next_check = time.monotonic()
-        for n, frame_id in enumerate(ids):
-            if self.replay is not None and cfg.recorded_rate:
-                self._pace(hub, t0 + self.replay.recorded_offset_s(frame_id))
-            elif cfg.rate > 0:
-                self._pace(hub, t0 + n / cfg.rate)
-            stalled = Stall()
-            while (buffer := out.reserve(shape, dtype, 100)) is None:
-                self._stalled(hub, stalled)
-            now = time.monotonic()
-            if now >= next_check:
-                self._handle(hub, hub.poll(0))
-                next_check = now + 0.1
-            self.detector.frame(frame_id, out=buffer)  # generated in place: a ring slot or a
-            header = frame_header(buffer, self.run_id, frame_id)  # new send buffer
-            while not out.commit(header, buffer):
-                self._stalled(hub, stalled)
-                out.reserve(shape, dtype, 100)  # wait until some worker can take it
-            self.sent += 1
-            self.last_id = frame_id
-        out.end()
+    def poll(self) -> None:
+        assert self._hub is not None
+        self._handle(self._hub, self._hub.poll(0))
 
-    def _pace(self, hub: ControlHub, due: float) -> None:
+    def pace(self, due: float) -> None:
         """Wait until `due` while answering control messages (the wait is the rate limit)."""
+        assert self._hub is not None
         while (left := due - time.monotonic()) > 0:
-            self._handle(hub, hub.poll(int(left * 1000)))
+            self._handle(self._hub, self._hub.poll(int(left * 1000)))
 
-    def _stalled(self, hub: ControlHub, stall: Stall) -> None:
+    def stalled(self, stall: Stall) -> None:
         """No worker can take a frame: count it, keep control alive, give up once none lives."""
+        hub = self._hub
+        assert hub is not None
         self.stalls += 1
         self._handle(hub, hub.poll(0))
         timeout = self.cfg.liveness.peer_timeout_s
@@ -268,10 +243,13 @@ class Source:
 
     # -- end ---------------------------------------------------------------------------------
 
-    def _end(self, hub: ControlHub, out: FrameOutput, t0: float) -> RunSummary:
-        # The run's last id: what was planned, so frames a replayed file lacks count missing.
-        last = self.first_id + self.count - 1 if self.sent else self.first_id - 1
-        hub.broadcast(MsgType.END, {"last_frame_id": last, "frame_count": self.sent},
+    def _end(self, hub: ControlHub, t0: float) -> RunSummary:
+        # The run's last id is what was planned (or seen), so frames never sent count missing.
+        done = self.emitted
+        last = done.last_id if self.sent or done.missing else self.origin.first_id - 1
+        hub.broadcast(MsgType.END, {"last_frame_id": last, "frame_count": self.sent,
+                                    "missing": done.missing, "partial": done.partial,
+                                    "origin": done.counters},
                       frame_id=max(last, 0))
         collector = hub.peers_of("collector")[0]
         # The collector bounds this wait with its drain timeout; its heartbeats keep it alive.
@@ -292,7 +270,7 @@ class Source:
         return self._summary(collector, reports, time.monotonic() - t0)
 
     def _report(self) -> dict[str, Any]:
-        return {"frames_sent": self.sent, "stalls": self.stalls}
+        return {"frames_sent": self.sent, "stalls": self.stalls, "origin": self.emitted.counters}
 
     def _summary(self, collector: Peer, reports: dict, seconds: float) -> RunSummary:
         c = collector.final or {}

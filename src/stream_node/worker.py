@@ -19,6 +19,7 @@ from stream_node.control import ControlLink, Liveness
 from stream_node.endpoints import FrameInput, open_input
 from stream_node.errors import ProtocolError, RunAborted, StreamNodeError
 from stream_node.frame import (
+    FLAG_FAILED,
     Encoding,
     FrameHeader,
     MsgType,
@@ -157,6 +158,10 @@ class Worker:
                             f"bytes, header says {header.payload_bytes}")
             return
         payload = parts[1]
+        if header.flags & FLAG_FAILED:  # the origin or a worker upstream could not make it
+            header.sender = self.cfg.index
+            self._send(link, push, header.pack(), payload, copy)
+            return
         if self.chain is not None:
             try:
                 out = self.chain.apply(payload_view(header, payload), frame_id=header.frame_id)
