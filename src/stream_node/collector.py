@@ -18,7 +18,15 @@ import zmq
 
 from stream_node.control import ControlLink, Liveness
 from stream_node.errors import ExitCode, ProtocolError, RunAborted, StorageError, StreamNodeError
-from stream_node.frame import FLAG_FAILED, Encoding, FrameHeader, MsgType, decode_body, dtype_code
+from stream_node.frame import (
+    FLAG_FAILED,
+    FLAG_PARTIAL,
+    Encoding,
+    FrameHeader,
+    MsgType,
+    decode_body,
+    dtype_code,
+)
 from stream_node.node import DropLedger
 from stream_node.run_writer import RunWriter
 from stream_node.transport import LinkLimits, bind, data_socket, recv_parts
@@ -52,6 +60,7 @@ class Collector:
         self.end: dict | None = None
         self.summary: dict[str, Any] = {}
         self._failed: dict[int, str] = {}  # index -> why a worker could not process it
+        self.partial = 0  # frames written with some of their data missing (FLAG_PARTIAL)
 
     def run(self) -> dict[str, Any]:
         """Collect one run; returns the summary also sent to the source in DONE."""
@@ -108,7 +117,8 @@ class Collector:
                                       "frames_per_file": self.cfg.frames_per_file}}
         self.writer = RunWriter(self.cfg.path, self._shape, self._dtype, max(self._expected, 0),
                                 self._first, metadata, self.cfg.overwrite, compression,
-                                self.cfg.frames_per_file, start.get("detector"))
+                                self.cfg.frames_per_file, start.get("detector"),
+                                tuple(start.get("per_frame_columns", ())))
 
     def _collect(self, link: ControlLink, pull: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -184,7 +194,10 @@ class Collector:
             return False
         index = header.frame_id - self._first
         assert self.writer is not None
-        return self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender)
+        if header.flags & FLAG_PARTIAL:
+            self.partial += 1
+        return self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender,
+                                 header.flags, header.parts)
 
     def _failure(self, header: FrameHeader, payload: zmq.Frame) -> bool:
         """A worker could not process this frame: it is accounted for, missing with why."""
@@ -252,7 +265,7 @@ class Collector:
         return self.summary
 
     def _live_counters(self) -> dict[str, Any]:
-        counters = {"frames_expected": self._count()}
+        counters = {"frames_expected": self._count(), "partial": self.partial}
         counters.update({f"dropped_{k}": n for k, n in self.drops.as_dict().items()})
         return counters
 
@@ -267,6 +280,7 @@ class Collector:
             "bytes_stored": self.writer.bytes_stored,
             "missing": len(self._missing_reasons),
             "duplicates": self.writer.duplicates,
+            "partial": self.partial,
             "dropped": self.drops.as_dict(),
         }
 
@@ -291,7 +305,13 @@ class Collector:
         self._blame_lost_workers(final.get("workers", {}))
         count = self._count()
         try:
-            self.writer.finalize(count, self._missing_reasons, self._live_counters(), final)
+            end = self.end or {}
+            per_frame = {name: {int(i) - self._first: v for i, v in column.items()}
+                         for name, column in (end.get("per_frame") or {}).items()}
+            partial = {int(i) - self._first: bits
+                       for i, bits in (end.get("partial") or {}).items()}
+            self.writer.finalize(count, self._missing_reasons, self._live_counters(), final,
+                                 per_frame, partial)
         finally:
             self.writer.close()
         log.info("collector: %s closed: %d frames written, %d missing", self.cfg.path,

@@ -15,6 +15,7 @@ from stream_node.errors import ProtocolError
 __all__ = [
     "DTYPE_CODES",
     "FLAG_FAILED",
+    "FLAG_PARTIAL",
     "HEADER_SIZE",
     "Encoding",
     "FrameHeader",
@@ -43,6 +44,7 @@ class MsgType(IntEnum):
     DONE = 10
 
 
+FLAG_PARTIAL = 1 << 0  # SN_FLAG_PARTIAL: some of the frame's data never came (filled, counted)
 FLAG_FAILED = 1 << 2  # SN_FLAG_FAILED: a frame a worker could not process; the body says why
 
 
@@ -80,7 +82,8 @@ def dtype_of(code: int) -> np.dtype:
 
 
 def frame_header(
-    array: np.ndarray, run_id: int, frame_id: int, timestamp_ns: int | None = None, sender: int = 0
+    array: np.ndarray, run_id: int, frame_id: int, timestamp_ns: int | None = None, sender: int = 0,
+    flags: int = 0, parts: int = 0,
 ) -> FrameHeader:
     """The header of a raw (uncompressed) frame holding `array`."""
     return FrameHeader(
@@ -92,6 +95,8 @@ def frame_header(
         encoding=Encoding.RAW,
         timestamp_ns=time.time_ns() if timestamp_ns is None else timestamp_ns,
         sender=sender,
+        flags=flags,
+        parts=parts,
     )
 
 
@@ -101,7 +106,7 @@ def reencoded(header: FrameHeader, encoding: Encoding, payload_bytes: int,
     return FrameHeader(
         header.msg_type, run_id=header.run_id, frame_id=header.frame_id, shape=header.shape,
         dtype_code=header.dtype_code, encoding=encoding, payload_bytes=payload_bytes,
-        timestamp_ns=header.timestamp_ns, flags=header.flags, sender=sender,
+        timestamp_ns=header.timestamp_ns, flags=header.flags, sender=sender, parts=header.parts,
     )
 
 

@@ -57,6 +57,7 @@ class Emitted:
     last_id: int = -1  # the run's last frame id (planned or observed)
     missing: dict[int, str] = field(default_factory=dict)  # ids that will never come, and why
     partial: dict[int, bytes] = field(default_factory=dict)  # id -> bitmap of missing parts
+    per_frame: dict[str, dict[int, int]] = field(default_factory=dict)  # column -> id -> value
     counters: dict[str, int] = field(default_factory=dict)  # origin-specific (packets lost...)
 
 
@@ -81,6 +82,7 @@ class Origin(ABC):
     first_id: int = 0
     count: int | None = None  # None: the detector says at the end
     encoding: Encoding = Encoding.RAW  # BSLZ4: frames arrive compressed and pass through
+    columns: tuple[str, ...] = ()  # names of the per-frame values `Emitted.per_frame` carries
 
     @property
     def frame_bytes(self) -> int:

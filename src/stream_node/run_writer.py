@@ -6,7 +6,11 @@ Layout (NeXus-style, readable by any HDF5 tool with the bitshuffle plugin; no st
     /entry/instrument/detector      NXdetector: frame geometry, bit depth, detector metadata
     /entry/data/data                frames x ny x nx, one frame per chunk, 0 where one is missing
                                     (a virtual dataset over numbered data files when rotating)
-    /entry/frames/{frame_id, timestamp_ns, arrival_ns, worker, received}
+    /entry/frames/{frame_id, timestamp_ns, arrival_ns, worker, received, flags, parts}
+                                    flags: FLAG_PARTIAL (1) marks a frame with data missing
+                                    (filled), parts: the data parts (packets) that arrived
+    /entry/frames/<origin column>   per-frame values the origin reported (e.g. DECTRIS times)
+    /entry/partial/{frame_id, missing_parts}   partial frames and a bitmap of the parts lost
     /entry/missing/{frame_id, reason}   every expected id that never arrived, and why
     /entry/stream_node/counters     int64 values, names in its "names" attribute
     /entry/stream_node/reports      the nodes' final reports, JSON bytes
@@ -36,9 +40,13 @@ from stream_node.errors import ConfigError, OutputExistsError, StorageError
 log = logging.getLogger(__name__)
 
 COUNTERS = ("frames_expected", "frames_written", "bytes_written", "bytes_stored", "missing",
-            "duplicates", "dropped_malformed", "dropped_foreign", "dropped_invalid",
+            "duplicates", "partial", "dropped_malformed", "dropped_foreign", "dropped_invalid",
             "dropped_unexpected")
 REASON_BYTES = 240
+# Per-frame records kept in memory while frames arrive and written at each flush: the name in
+# /entry/frames, dtype, and the value of a frame that never came.
+RECORDS = (("timestamp_ns", np.uint64, 0), ("arrival_ns", np.uint64, 0), ("worker", np.int32, -1),
+           ("received", np.uint8, 0), ("flags", np.uint32, 0), ("parts", np.uint32, 0))
 _GROW = 4096
 
 
@@ -77,6 +85,7 @@ class RunWriter:
         compression: str | None = None,
         frames_per_file: int = 0,
         detector: dict[str, Any] | None = None,
+        columns: tuple[str, ...] = (),
     ) -> None:
         if compression not in (None, "none", "bslz4"):
             raise ConfigError(f"compression {compression!r}: use 'bslz4' or none")
@@ -89,6 +98,7 @@ class RunWriter:
         self.compression = compression if compression == "bslz4" else None
         self.frames_per_file = frames_per_file if 0 < frames_per_file < expected_frames else 0
         self.overwrite = overwrite
+        self.columns = tuple(columns)  # the origin's per-frame values, declared at START
         self.frames_written = 0
         self.bytes_written = 0  # frame bytes as the detector made them
         self.bytes_stored = 0  # bytes on disk (after compression)
@@ -98,10 +108,8 @@ class RunWriter:
         self._zeros = (0,) * len(self.frame_shape)
         self._frame_nbytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
         size = max(expected_frames, 0)
-        self._received = np.zeros(size, bool)
-        self._timestamp = np.zeros(size, np.uint64)
-        self._arrival = np.zeros(size, np.uint64)
-        self._worker = np.full(size, -1, np.int32)
+        self._rec = {name: np.full(size, fill, dtype) for name, dtype, fill in RECORDS}
+        self._received = self._rec["received"]
         self._dirty_lo, self._dirty_hi = size, 0  # per-frame records not yet in the file
         self._data_files: dict[int, h5py.File] = {}
         self._made: set[int] = set()  # data files created by this run (reopened, not refused)
@@ -164,14 +172,25 @@ class RunWriter:
             self._dset_id = self._dset.id
         frames = entry.create_group("frames")
         frames.attrs["NX_class"] = "NXcollection"
-        for name, dtype in (("frame_id", np.uint64), ("timestamp_ns", np.uint64),
-                            ("arrival_ns", np.uint64), ("worker", np.int32),
-                            ("received", np.uint8)):
+        for name, dtype, fill in (("frame_id", np.uint64, 0), *RECORDS):
             frames.create_dataset(name, shape=(size,), maxshape=(None,), dtype=dtype,
-                                  chunks=(_GROW,), fillvalue=-1 if name == "worker" else 0)
+                                  chunks=(_GROW,), fillvalue=fill)
         if size:
             ids = np.arange(size, dtype=np.uint64)
             frames["frame_id"][:] = ids + np.uint64(self.first_frame_id)
+        for name in self.columns:
+            if name in frames:
+                raise ConfigError(f"origin column {name!r} would overwrite /entry/frames/{name}")
+            frames.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int64,
+                                  chunks=(_GROW,), fillvalue=-1)
+        partial = entry.create_group("partial")
+        partial.attrs["NX_class"] = "NXcollection"
+        partial.create_dataset("frame_id", shape=(0,), maxshape=(None,), dtype=np.uint64,
+                               chunks=(_GROW,))
+        bitmap = partial.create_dataset("missing_parts", shape=(0, 0), maxshape=(None, None),
+                                        dtype=np.uint8, chunks=(256, 64))
+        bitmap.attrs["description"] = ("bit k (byte k // 8, bit k % 8) set: part (packet) k of "
+                                       "the frame never arrived")
         missing = entry.create_group("missing")
         missing.attrs["NX_class"] = "NXcollection"
         missing.create_dataset("frame_id", shape=(0,), maxshape=(None,), dtype=np.uint64,
@@ -185,12 +204,11 @@ class RunWriter:
         node.create_dataset("reports", shape=(0,), maxshape=(None,), dtype=np.uint8,
                             chunks=(65536,))
         # Handles looked up once: flushes and finalize then cost no path lookups.
-        self._ds = {name: entry[path] for name, path in (
-            ("frame_id", "frames/frame_id"), ("timestamp_ns", "frames/timestamp_ns"),
-            ("arrival_ns", "frames/arrival_ns"), ("worker", "frames/worker"),
-            ("received", "frames/received"), ("missing_id", "missing/frame_id"),
+        self._ds = {name: frames[name] for name in ("frame_id", *self._rec)}
+        self._ds.update({name: entry[path] for name, path in (
+            ("missing_id", "missing/frame_id"),
             ("missing_reason", "missing/reason"), ("counters", "stream_node/counters"),
-            ("reports", "stream_node/reports"), ("end_time", "end_time"))}
+            ("reports", "stream_node/reports"), ("end_time", "end_time"))})
 
     def _data_file_path(self, k: int) -> Path:
         return self.path.with_name(f"{self.path.stem}_{k + 1:06d}{self.path.suffix}")
@@ -234,16 +252,17 @@ class RunWriter:
         """Runs of unknown length grow geometrically (rare: never per frame)."""
         size = max(index + 1, 2 * self.capacity, 16)
         self._dset.resize(size, axis=0)
-        for name in ("_received", "_timestamp", "_arrival", "_worker"):
-            old = getattr(self, name)
-            new = np.full(size, -1, old.dtype) if name == "_worker" else np.zeros(size, old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
+        for name, dtype, fill in RECORDS:
+            new = np.full(size, fill, dtype)
+            new[: self.capacity] = self._rec[name]
+            self._rec[name] = new
+        self._received = self._rec["received"]
 
     def has(self, index: int) -> bool:
         return index < self.capacity and bool(self._received[index])
 
-    def write(self, index: int, payload: Any, timestamp_ns: int, worker: int) -> bool:
+    def write(self, index: int, payload: Any, timestamp_ns: int, worker: int, flags: int = 0,
+              parts: int = 0) -> bool:
         """Write one frame's bytes as its chunk; False (and counted) if that index is written."""
         received = self._received
         if index >= len(received):
@@ -269,10 +288,13 @@ class RunWriter:
                 f"the last frame written was {last}, and the {self.frames_written} frames "
                 "written before stay readable") from None
         # The per-frame bookkeeping: a few scalar stores, no allocation (this runs per frame).
-        received[index] = True
-        self._timestamp[index] = timestamp_ns
-        self._arrival[index] = time.time_ns()
-        self._worker[index] = worker
+        rec = self._rec
+        received[index] = 1
+        rec["timestamp_ns"][index] = timestamp_ns
+        rec["arrival_ns"][index] = time.time_ns()
+        rec["worker"][index] = worker
+        rec["flags"][index] = flags
+        rec["parts"][index] = parts
         if index < self._dirty_lo:
             self._dirty_lo = index
         if index >= self._dirty_hi:
@@ -289,23 +311,23 @@ class RunWriter:
         """Indexes below `count` that were never written."""
         if count > self.capacity:
             self._grow(count - 1)
-        return np.flatnonzero(~self._received[:count])
+        return np.flatnonzero(self._received[:count] == 0)
 
     def _records(self) -> None:
         lo, hi = self._dirty_lo, self._dirty_hi
         if lo >= hi:
             return
         ds = self._ds
-        if ds["received"].shape[0] < self.capacity:
-            for name in ("frame_id", "timestamp_ns", "arrival_ns", "worker", "received"):
-                ds[name].resize((self.capacity,))
-            ds["frame_id"][:] = (np.arange(self.capacity, dtype=np.uint64)
-                                 + np.uint64(self.first_frame_id))
-        ds["timestamp_ns"][lo:hi] = self._timestamp[lo:hi]
-        ds["arrival_ns"][lo:hi] = self._arrival[lo:hi]
-        ds["worker"][lo:hi] = self._worker[lo:hi]
-        ds["received"][lo:hi] = self._received[lo:hi]
+        if ds["received"].shape[0] != self.capacity:
+            self._resize_records(self.capacity)
+        for name, values in self._rec.items():
+            ds[name][lo:hi] = values[lo:hi]
         self._dirty_lo, self._dirty_hi = self.capacity, 0
+
+    def _resize_records(self, size: int) -> None:
+        for name in ("frame_id", *self._rec):
+            self._ds[name].resize((size,))
+        self._ds["frame_id"][:] = np.arange(size, dtype=np.uint64) + np.uint64(self.first_frame_id)
 
     def _counters(self, values: dict[str, Any]) -> None:
         own = {"frames_written": self.frames_written, "bytes_written": self.bytes_written,
@@ -330,19 +352,22 @@ class RunWriter:
             raise StorageError(f"flushing {self.path} failed: {_brief(exc)}") from None
 
     def finalize(self, count: int, missing_reasons: dict[int, str], counters: dict[str, Any],
-                 reports: dict[str, Any] | None = None) -> None:
-        """Trim to `count` frames, write the per-frame records, the ledger and the counters."""
+                 reports: dict[str, Any] | None = None,
+                 per_frame: dict[str, dict[int, int]] | None = None,
+                 partial: dict[int, bytes] | None = None) -> None:
+        """Trim to `count` frames, write the per-frame records, the ledger and the counters;
+        `per_frame` holds the origin's own per-frame values by column name (frame index keys),
+        `partial` the bitmap of lost parts of each partial frame."""
         try:
             if count != self.capacity and not self.frames_per_file:
                 self._dset.resize(count, axis=0)
-                for name in ("_received", "_timestamp", "_arrival", "_worker"):
-                    setattr(self, name, getattr(self, name)[:count])
+                for name in self._rec:
+                    self._rec[name] = self._rec[name][:count]
+                self._received = self._rec["received"]
                 self._dirty_lo, self._dirty_hi = 0, count
-                for name in ("frame_id", "timestamp_ns", "arrival_ns", "worker", "received"):
-                    self._ds[name].resize((count,))
-                self._ds["frame_id"][:] = (np.arange(count, dtype=np.uint64)
-                                           + np.uint64(self.first_frame_id))
+                self._resize_records(count)
             ds = self._ds
+            self._origin_records(count, per_frame or {}, partial or {})
             ids = np.array(sorted(missing_reasons), dtype=np.uint64)
             if len(ids):
                 ds["missing_id"].resize((len(ids),))
@@ -357,6 +382,32 @@ class RunWriter:
             self.flush({**counters, "missing": len(ids)})
         except OSError as exc:
             raise StorageError(f"finalising {self.path} failed: {_brief(exc)}") from None
+
+    def _origin_records(self, count: int, per_frame: dict[str, dict[int, int]],
+                        partial: dict[int, bytes]) -> None:
+        frames = self._file["entry/frames"]
+        for name in self.columns:
+            column = np.full(count, -1, np.int64)
+            for index, value in per_frame.get(name, {}).items():
+                if 0 <= int(index) < count:
+                    column[int(index)] = value
+            frames[name].resize((count,))
+            frames[name][:] = column
+        unknown = set(per_frame) - set(self.columns)
+        if unknown:
+            log.warning("per-frame values %s were not declared at START: not written", unknown)
+        if partial:
+            ids = sorted(int(i) for i in partial)
+            width = max(len(b) for b in partial.values())
+            bitmaps = np.zeros((len(ids), width), np.uint8)
+            for row, index in enumerate(ids):
+                bits = partial[index]
+                bitmaps[row, : len(bits)] = np.frombuffer(bits, np.uint8)
+            group = self._file["entry/partial"]
+            group["frame_id"].resize((len(ids),))
+            group["frame_id"][:] = np.array(ids, np.uint64) + np.uint64(self.first_frame_id)
+            group["missing_parts"].resize((len(ids), width))
+            group["missing_parts"][:] = bitmaps
 
     def abandon(self) -> None:
         """After a failed write: touch the files no more. Closing would make HDF5 write a

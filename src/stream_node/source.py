@@ -128,6 +128,7 @@ class Source:
                 "kernels": c.kernels or [],
                 "frames": -1 if origin.count is None else origin.count,
                 "first_frame_id": origin.first_id, **metadata,
+                "per_frame_columns": list(origin.columns),
                 "rate": c.rate, "workers": c.workers, "software_version": __version__,
                 "compression": "bslz4" if passthrough else (c.compression or "none")}
 
@@ -249,6 +250,7 @@ class Source:
         last = done.last_id if self.sent or done.missing else self.origin.first_id - 1
         hub.broadcast(MsgType.END, {"last_frame_id": last, "frame_count": self.sent,
                                     "missing": done.missing, "partial": done.partial,
+                                    "per_frame": done.per_frame,
                                     "origin": done.counters},
                       frame_id=max(last, 0))
         collector = hub.peers_of("collector")[0]

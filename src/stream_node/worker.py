@@ -174,7 +174,7 @@ class Worker:
                                                        reason, self.cfg.index), False)
                 return
             header = frame_header(out, header.run_id, header.frame_id, header.timestamp_ns,
-                                  self.cfg.index)
+                                  self.cfg.index, header.flags, header.parts)
             payload, copy = out, True  # the chain reuses its output buffer for the next frame
         if self.compress and header.encoding == Encoding.RAW:
             # Compressed here, in parallel workers, so the collector only writes bytes; the

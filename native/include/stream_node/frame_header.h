@@ -21,7 +21,8 @@
  *   56   8   uncompressed_bytes  FRAME: prod(shape) * itemsize(dtype)
  *   64   8   timestamp_ns        CLOCK_REALTIME of acquisition (FRAME) or of sending (others)
  *   72   4   sender              id of the node that last handled the message (e.g. worker index)
- *   76   4   reserved0           must be 0 in version 1
+ *   76   4   parts               FRAME: data parts (e.g. UDP packets) that arrived; 0 = not
+ *                                   counted. With SN_FLAG_PARTIAL, fewer than the frame has
  *   80  16   reserved1[2]        must be 0 in version 1
  *
  * All functions return 0 on success or one of the negative SN_E* codes below; they never allocate
@@ -118,7 +119,7 @@ typedef struct sn_frame_header {
     uint64_t uncompressed_bytes;
     uint64_t timestamp_ns;
     uint32_t sender;
-    uint32_t reserved0;
+    uint32_t parts;
     uint64_t reserved1[2];
 } sn_frame_header;
 

@@ -53,7 +53,8 @@ cdef class FrameHeader:
 
     def __init__(self, int msg_type, unsigned long long run_id=0, unsigned long long frame_id=0,
                  shape=(), int dtype_code=0, int encoding=0, payload_bytes=None,
-                 unsigned long long timestamp_ns=0, unsigned int flags=0, unsigned int sender=0):
+                 unsigned long long timestamp_ns=0, unsigned int flags=0, unsigned int sender=0,
+                 unsigned int parts=0):
         cdef Py_ssize_t i, ndim = len(shape)
         cdef unsigned long long n
         if ndim > SN_MAX_DIMS:
@@ -77,6 +78,7 @@ cdef class FrameHeader:
         self.h.payload_bytes = n if payload_bytes is None else payload_bytes
         self.h.timestamp_ns = timestamp_ns
         self.h.sender = sender
+        self.h.parts = parts
 
     @staticmethod
     def parse(buf):
@@ -154,6 +156,10 @@ cdef class FrameHeader:
     def sender(self, unsigned int value):
         self.h.sender = value
 
+    @property
+    def parts(self):
+        return self.h.parts
+
     def __eq__(self, other):
         if not isinstance(other, FrameHeader):
             return NotImplemented
@@ -164,4 +170,4 @@ cdef class FrameHeader:
                 f"frame_id={self.h.frame_id}, shape={self.shape}, dtype_code={self.h.dtype}, "
                 f"encoding={self.h.encoding}, payload_bytes={self.h.payload_bytes}, "
                 f"uncompressed_bytes={self.h.uncompressed_bytes}, "
-                f"timestamp_ns={self.h.timestamp_ns}, flags={self.h.flags}, sender={self.h.sender})")
+                f"timestamp_ns={self.h.timestamp_ns}, flags={self.h.flags}, sender={self.h.sender}, parts={self.h.parts})")

@@ -30,7 +30,7 @@ cdef extern from "stream_node/frame_header.h" nogil:
         uint64_t uncompressed_bytes
         uint64_t timestamp_ns
         uint32_t sender
-        uint32_t reserved0
+        uint32_t parts
         uint64_t reserved1[2]
 
     size_t sn_dtype_itemsize(uint8_t dtype)
