@@ -62,7 +62,45 @@ def _brief(exc: Exception) -> str:
 
 
 def _attr(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str)) else json.dumps(value)
+    return value if isinstance(value, (int, float, str)) else json.dumps(value, default=_summary)
+
+
+def _summary(value: Any) -> str:
+    """JSON for what JSON cannot hold: the bytes of an array in the detector metadata (stored
+    as a dataset in the NXdetector group instead) are named by their size."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{memoryview(value).nbytes} bytes>"
+    return repr(value)
+
+
+def _detector_field(det: h5py.Group, key: str, value: Any) -> None:
+    """One entry of START's "detector" metadata in the NXdetector group: {"value", "units"} is a
+    dataset with a units attribute (NXmx), a packed array (see protocols.chunks.packed_array) a
+    compressed dataset, a list a numeric array when it is one, a nested map a subgroup."""
+    if key in det:  # the writer's own fields (frame_shape, bit_depth_readout) give way
+        del det[key]
+    if isinstance(value, dict) and "__array__" in value:
+        from stream_node.compression import decompress
+
+        array = decompress(value["data"], tuple(value["shape"]), np.dtype(value["dtype"]))
+        det.create_dataset(key, data=array, chunks=array.shape or None, **hdf5_filter())
+    elif isinstance(value, dict) and "value" in value:
+        _detector_field(det, key, value["value"])
+        for attr, text in value.items():
+            if attr != "value" and text is not None:
+                det[key].attrs[attr] = text
+    elif isinstance(value, dict):
+        group = det.create_group(key)
+        group.attrs["NX_class"] = "NXcollection"
+        for name, item in value.items():
+            _detector_field(group, str(name), item)
+    elif isinstance(value, (list, tuple)):
+        array = np.asarray(value)
+        det[key] = array if array.dtype.kind in "biuf" else json.dumps(value)
+    elif value is None:
+        return
+    else:
+        det[key] = value
 
 
 class RunWriter:
@@ -161,7 +199,7 @@ class RunWriter:
         det["frame_shape"] = np.array(self.frame_shape, np.int64)
         det["bit_depth_readout"] = self.dtype.itemsize * 8
         for key, value in detector.items():
-            det[key] = value
+            _detector_field(det, key, value)
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"

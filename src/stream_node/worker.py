@@ -56,6 +56,7 @@ class Worker:
         self.failed = 0  # frames a kernel could not process (sent on as failure records)
         self.compress = False
         self.chain: Any = None
+        self.unpacked: np.ndarray | None = None  # decompressed frame, when frames come bslz4
         self.stalls = 0
 
     def report(self) -> dict[str, Any]:
@@ -124,6 +125,11 @@ class Worker:
         self.chain = build_chain(spec, tuple(source["shape"]), np.dtype(source["dtype"]))
         self.out_shape = tuple(start["shape"])
         self.out_dtype = np.dtype(start["dtype"])
+        if source.get("encoding") == "bslz4":  # frames arrive compressed: kernels need pixels
+            from stream_node.protocols.chunks import decompress_into
+
+            self.unpacked = np.empty(tuple(source["shape"]), np.dtype(source["dtype"]))
+            self._decompress = decompress_into
         log.info("worker %s: kernels %s ready", self.cfg.name, [k["kernel"] for k in spec])
 
     def _command(self, link: ControlLink, msg: Any) -> bool:
@@ -164,7 +170,12 @@ class Worker:
             return
         if self.chain is not None:
             try:
-                out = self.chain.apply(payload_view(header, payload), frame_id=header.frame_id)
+                if header.encoding == Encoding.BSLZ4 and self.unpacked is not None:
+                    # Into the buffer made at START; bitshuffle's codec runs without the GIL.
+                    pixels = self._decompress(payload, self.unpacked)
+                else:
+                    pixels = payload_view(header, payload)
+                out = self.chain.apply(pixels, frame_id=header.frame_id)
             except StreamNodeError as exc:  # a kernel failed (or the frame is not raw)
                 self.failed += 1
                 reason = str(exc)  # names the kernel and the frame

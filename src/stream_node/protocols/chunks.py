@@ -1,0 +1,164 @@
+"""Compressed payloads as detectors send them, checked and decoded without surprises.
+
+A DECTRIS `bs16-lz4<` / `bs32-lz4<` blob (SIMPLON v1) and a stream2 `bslz4` byte string are both
+HDF5 filter-32008 chunks: a 12-byte big-endian header (uncompressed bytes: u64, block bytes: u32),
+then one `u32 BE size + LZ4 block` per block of bit-shuffled data, then the trailing bytes that
+do not fill a group of 8 elements, stored raw. Such a chunk goes into the file as it came
+(`write_direct_chunk`); `check_bslz4` walks its block structure (about 1 us per 4 MiB frame,
+compiled) so a truncated or garbled blob is caught at the origin, not by a reader months later.
+A blob whose structure is intact but whose LZ4 bytes are damaged passes that walk; `verify=full`
+on the endpoint decompresses every frame as well (the cost is in bench/protocols.py).
+
+Plain LZ4 (`lz4<` in v1: one raw LZ4 block; `lz4` in stream2: the HDF5 LZ4 filter framing) is not
+what the file stores: those frames are decompressed here, at the origin, into raw frames.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import Any
+
+import bitshuffle
+import lz4.block
+import numpy as np
+from numba import njit
+
+from stream_node import compression
+from stream_node.errors import ProtocolError
+
+HEADER = struct.Struct(">QI")
+_BLOCKED_MULT = 8  # bitshuffle transposes groups of 8 elements
+
+
+@njit(cache=True, nogil=True)
+def _walk_blocks(buf: np.ndarray, nbytes: int, block_bytes: int, elem: int) -> int:
+    """0 if `buf` (a whole chunk) holds exactly the blocks its header announces, else the
+    negative reason: -1 a block size field is cut off, -2 a block runs past the end, -3 the
+    trailing raw bytes do not fill the rest, -4 an empty block."""
+    full = nbytes // block_bytes
+    leftover = (nbytes // elem) % _BLOCKED_MULT * elem
+    last = nbytes % block_bytes - leftover
+    blocks = full + (1 if last > 0 else 0)
+    pos = 12
+    end = buf.shape[0]
+    for _ in range(blocks):
+        if pos + 4 > end:
+            return -1
+        size = ((np.int64(buf[pos]) << 24) | (np.int64(buf[pos + 1]) << 16)
+                | (np.int64(buf[pos + 2]) << 8) | np.int64(buf[pos + 3]))
+        if size == 0:
+            return -4
+        pos += 4 + size
+        if pos > end:
+            return -2
+    if pos + leftover != end:
+        return -3
+    return 0
+
+
+_WALK_REASONS = {-1: "a block's size field is cut off", -2: "a block runs past the end",
+                 -3: "bytes after the last block do not match", -4: "an empty block"}
+
+
+def check_bslz4(blob: Any, nbytes: int, itemsize: int) -> np.ndarray:
+    """The blob as a uint8 view after checking it is a filter-32008 chunk of `nbytes` bytes of
+    `itemsize`-byte elements; ProtocolError saying what is wrong otherwise."""
+    buf = np.frombuffer(blob, np.uint8)
+    if buf.nbytes < HEADER.size:
+        raise ProtocolError(f"bitshuffle/LZ4 blob of {buf.nbytes} bytes has no 12-byte header")
+    total, block_bytes = HEADER.unpack_from(buf, 0)
+    if total != nbytes:
+        raise ProtocolError(f"bitshuffle/LZ4 blob holds {total} bytes, the frame has {nbytes}")
+    if block_bytes == 0 or block_bytes % (_BLOCKED_MULT * itemsize):
+        raise ProtocolError(f"bitshuffle/LZ4 blob has block size {block_bytes} bytes, not a "
+                            f"multiple of {_BLOCKED_MULT * itemsize}")
+    code = _walk_blocks(buf, nbytes, block_bytes, itemsize)
+    if code:
+        raise ProtocolError(f"corrupt bitshuffle/LZ4 blob ({buf.nbytes} bytes): "
+                            f"{_WALK_REASONS[code]}")
+    return buf
+
+
+def _codec() -> ctypes.CDLL:
+    lib = ctypes.CDLL(bitshuffle.ext.__file__)
+    fn = lib.bshuf_decompress_lz4
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                   ctypes.c_size_t]
+    fn.restype = ctypes.c_int64
+    return fn
+
+
+_decompress_lz4 = _codec()
+
+
+def decompress_into(blob: Any, out: np.ndarray) -> np.ndarray:
+    """Decompress a filter-32008 chunk into the preallocated C-contiguous `out` (bitshuffle's C
+    codec, called through ctypes, which releases the GIL); ProtocolError if it does not fit."""
+    buf = np.frombuffer(blob, np.uint8)
+    if buf.nbytes < HEADER.size:
+        raise ProtocolError(f"bitshuffle/LZ4 chunk of {buf.nbytes} bytes has no header")
+    total, block_bytes = HEADER.unpack_from(buf, 0)
+    item = out.dtype.itemsize
+    if total != out.nbytes or block_bytes % item:
+        raise ProtocolError(f"bitshuffle/LZ4 chunk holds {total} bytes in blocks of "
+                            f"{block_bytes}, the frame has {out.nbytes}")
+    used = _decompress_lz4(buf.ctypes.data + HEADER.size, out.ctypes.data, out.size, item,
+                           block_bytes // item)
+    if used != buf.nbytes - HEADER.size:
+        raise ProtocolError(f"corrupt bitshuffle/LZ4 chunk (codec returned {used})")
+    return out
+
+
+def lz4_block(blob: Any, nbytes: int) -> bytes:
+    """One raw LZ4 block of `nbytes` bytes (SIMPLON v1 `lz4<`)."""
+    try:
+        raw = lz4.block.decompress(memoryview(blob), uncompressed_size=nbytes)
+    except lz4.block.LZ4BlockError as exc:
+        raise ProtocolError(f"corrupt LZ4 blob: {exc}") from None
+    if len(raw) != nbytes:
+        raise ProtocolError(f"LZ4 blob holds {len(raw)} bytes, the frame has {nbytes}")
+    return raw
+
+
+def lz4_hdf5(blob: Any, nbytes: int) -> bytearray:
+    """Data in the HDF5 LZ4 filter framing (stream2 `lz4`): a 12-byte header (total bytes u64 BE,
+    block bytes u32 BE), then per block `u32 BE size + block`, a block of full size stored raw."""
+    buf = memoryview(blob).cast("B")
+    if buf.nbytes < HEADER.size:
+        raise ProtocolError(f"LZ4 blob of {buf.nbytes} bytes has no 12-byte header")
+    total, block = HEADER.unpack_from(buf, 0)
+    if total != nbytes or (total and not block):
+        raise ProtocolError(f"LZ4 blob holds {total} bytes in blocks of {block}, the frame "
+                            f"has {nbytes}")
+    out = bytearray(nbytes)
+    pos, done = HEADER.size, 0
+    while done < total:
+        want = min(block, total - done)
+        if pos + 4 > buf.nbytes:
+            raise ProtocolError("corrupt LZ4 blob: a block's size field is cut off")
+        (size,) = struct.unpack_from(">I", buf, pos)
+        pos += 4
+        if pos + size > buf.nbytes:
+            raise ProtocolError("corrupt LZ4 blob: a block runs past the end")
+        if size == want:
+            out[done:done + want] = buf[pos:pos + size]
+        else:
+            try:
+                part = lz4.block.decompress(buf[pos:pos + size], uncompressed_size=want)
+            except lz4.block.LZ4BlockError as exc:
+                raise ProtocolError(f"corrupt LZ4 blob: {exc}") from None
+            if len(part) != want:
+                raise ProtocolError("corrupt LZ4 blob: a block decompresses to the wrong size")
+            out[done:done + want] = part
+        pos += size
+        done += want
+    return out
+
+
+def packed_array(array: np.ndarray) -> dict[str, Any]:
+    """An array as START metadata can carry it (msgpack has no arrays): compressed as one
+    filter-32008 chunk; the file writer stores it as a dataset (see RunWriter)."""
+    array = np.ascontiguousarray(array)
+    return {"__array__": "bslz4", "dtype": array.dtype.str, "shape": list(array.shape),
+            "data": compression.compress(array).tobytes()}

@@ -1,0 +1,281 @@
+"""What every detector protocol shares: a ZeroMQ socket to the detector, a bounded wait for the
+series header before START, the emit loop, and the ledger of protocol errors.
+
+A protocol module says how to read one message (`handle`); this base hands good frames on,
+answers the source's control plane about every 100 ms, and ends the series on the end message,
+on a new series, or after `timeout` seconds of silence. Every problem is a `ProtocolFault`: it is
+counted by kind, logged (the first few of each kind), and, when it costs a frame, that frame id is
+recorded missing with the reason, so the file's ledger says what the detector failed to deliver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import abstractmethod
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import zmq
+
+from stream_node import compression
+from stream_node.endpoints import FrameOutput
+from stream_node.errors import ConfigError, PeerTimeout, ProtocolError
+from stream_node.frame import Encoding, FrameHeader, MsgType, dtype_code
+from stream_node.origins import Emitted, Origin, OriginOptions, RunControl, Stall
+from stream_node.protocols import chunks
+
+log = logging.getLogger(__name__)
+
+WARN_LIMIT = 5  # log the first few faults of each kind; the counters hold them all
+RCVHWM = 64  # messages queued from the detector; beyond them the detector's PUSH waits
+
+
+class ProtocolFault(ProtocolError):
+    """A message the protocol does not allow: `kind` is the counter it goes to, `frame_id` the
+    frame it cost (None if none)."""
+
+    def __init__(self, kind: str, message: str, frame_id: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.frame_id = frame_id
+
+
+class SeriesOver(Exception):
+    """The series ended: the end message came, or the detector began another series."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason  # None: ended properly
+
+
+def split_options(address: str) -> tuple[str, dict[str, str]]:
+    """`tcp://host:port?a=1&b=2` -> ("tcp://host:port", {"a": "1", "b": "2"})."""
+    base, _, query = address.partition("?")
+    opts = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    parts = urlsplit(base)
+    if parts.scheme not in ("tcp", "ipc", "inproc") or not (parts.netloc or parts.path):
+        raise ConfigError(f"detector address {address!r}: expected tcp://HOST:PORT or ipc://PATH")
+    return base, opts
+
+
+def json_part(part: Any) -> dict:
+    """A JSON object from one message part; ProtocolError if it is not one."""
+    try:
+        value = json.loads(bytes(memoryview(part)))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"JSON part is a {type(value).__name__}, not an object")
+    return value
+
+
+class ReceivedOrigin(Origin):
+    """A detector that sends what it sends; `handle` turns each message into frames."""
+
+    protocol = "detector"  # names the protocol in every error message
+    socket_type = zmq.PULL
+
+    def __init__(self, address: str, options: OriginOptions, known: tuple[str, ...] = ()) -> None:
+        self.address, self.opts = split_options(address)
+        unknown = set(self.opts) - {"timeout", "verify", *known}
+        if unknown:
+            raise ConfigError(f"{self.protocol} endpoint {address!r}: unknown option(s) "
+                              f"{sorted(unknown)}; known: timeout, verify, {', '.join(known)}")
+        self.timeout_s = float(self.opts.get("timeout", options.timeout_s))
+        self.verify = self.opts.get("verify", "structure")
+        if self.verify not in ("structure", "full"):
+            raise ConfigError(f"{self.protocol}: verify={self.verify!r}: use structure or full")
+        self.options = options
+        self.errors: Counter[str] = Counter()
+        self.missing: dict[int, str] = {}
+        self.per_frame: dict[str, dict[int, int]] = {name: {} for name in self.columns}
+        self.received: set[int] = set()
+        self.sent = 0
+        self.highest = -1
+        self.pending: list[list[Any]] = []  # messages read before START, emitted first
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(self.socket_type)
+        self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self._scratch: np.ndarray | None = None
+        try:
+            self._connect()
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
+
+    def _connect(self) -> None:
+        try:
+            self.sock.connect(self.address)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"{self.protocol}: cannot connect to {self.address}: {exc}") from None
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def recv(self, timeout_ms: int) -> list[zmq.Frame] | None:
+        if not self.sock.poll(timeout_ms):
+            return None
+        return self.sock.recv_multipart(copy=False)
+
+    def wait_for(self, what: str, found: callable) -> list[zmq.Frame]:  # type: ignore[valid-type]
+        """Read messages until `found(parts)` is true, for at most the silence timeout; every
+        other message is a fault (counted). Used before START, to learn the series' geometry."""
+        deadline = time.monotonic() + self.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            parts = self.recv(int(left * 1000) + 1)
+            if parts is None:
+                break
+            try:
+                if found(parts):
+                    return parts
+            except ProtocolFault as fault:
+                self.fault(fault)
+        seen = f" (ignored before it: {dict(self.errors)})" if self.errors else ""
+        raise PeerTimeout(f"{self.protocol}: no {what} from {self.address} within "
+                          f"{self.timeout_s:.1f} s{seen}: is the detector armed and streaming "
+                          "to this address? (endpoint option ?timeout=S waits longer)")
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def fault(self, fault: ProtocolFault) -> None:
+        self.errors[fault.kind] += 1
+        reason = f"{self.protocol}: {fault}"
+        if self.errors[fault.kind] <= WARN_LIMIT:
+            log.warning("%s", reason)
+        elif self.errors[fault.kind] == WARN_LIMIT + 1:
+            log.warning("%s: more %s errors are counted, not logged", self.protocol, fault.kind)
+        fid = fault.frame_id
+        if fid is not None and fid not in self.received and self._in_run(fid):
+            self.missing.setdefault(fid, reason)
+
+    def _in_run(self, frame_id: int) -> bool:
+        return frame_id >= self.first_id and (
+            self.count is None or frame_id < self.first_id + self.count)
+
+    # -- frames --------------------------------------------------------------------------------
+
+    @property
+    def frame_nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def check_id(self, frame_id: int, where: str) -> None:
+        if not self._in_run(frame_id):
+            last = "" if self.count is None else f"..{self.first_id + self.count - 1}"
+            raise ProtocolFault("out_of_range", f"{where}: frame {frame_id} is outside the "
+                                f"series' frames {self.first_id}{last}")
+        if frame_id in self.received:
+            raise ProtocolFault("duplicate", f"{where}: frame {frame_id} arrived twice; the "
+                                "first one is kept")
+
+    def payload(self, kind: str, blob: Any, frame_id: int, where: str) -> Any:
+        """The run's payload for a frame that came as `kind` ("raw" or "bslz4"), converted if
+        the run's encoding differs (rare: a detector that changes compression mid-series)."""
+        nbytes = self.frame_nbytes
+        try:
+            if kind == "bslz4":
+                buf = chunks.check_bslz4(blob, nbytes, self.dtype.itemsize)
+                if self.verify == "full" or self.encoding == Encoding.RAW:
+                    out = np.empty(self.shape, self.dtype)
+                    chunks.decompress_into(buf, out)
+                    return blob if self.encoding == Encoding.BSLZ4 else out
+                return blob
+            size = memoryview(blob).nbytes
+            if size != nbytes:
+                raise ProtocolError(f"raw data has {size} bytes, a {self.shape} {self.dtype} "
+                                    f"frame has {nbytes}")
+            if self.encoding == Encoding.BSLZ4:
+                array = np.frombuffer(blob, self.dtype).reshape(self.shape)
+                return compression.compress(array)
+            return blob
+        except ProtocolFault:
+            raise
+        except ProtocolError as exc:
+            raise ProtocolFault("corrupt" if kind != "raw" else "wrong_size",
+                                f"{where}: frame {frame_id}: {exc}", frame_id) from None
+
+    def deliver(self, out: FrameOutput, ctl: RunControl, frame_id: int, payload: Any,
+                timestamp_ns: int | None = None) -> None:
+        nbytes = memoryview(payload).nbytes
+        header = FrameHeader(MsgType.FRAME, run_id=self.run_id, frame_id=frame_id,
+                             shape=self.shape, dtype_code=dtype_code(self.dtype),
+                             encoding=self.encoding, payload_bytes=nbytes,
+                             timestamp_ns=time.time_ns() if timestamp_ns is None else timestamp_ns)
+        stall = Stall()
+        while not out.put(header, payload, 100):
+            ctl.stalled(stall)
+        self.received.add(frame_id)
+        self.missing.pop(frame_id, None)
+        self.highest = max(self.highest, frame_id)
+        self.sent += 1
+
+    def record(self, column: str, frame_id: int, value: Any) -> None:
+        if value is not None:
+            self.per_frame[column][frame_id] = int(value)
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def handle(self, parts: list[zmq.Frame], out: FrameOutput, ctl: RunControl) -> None:
+        """Act on one message: deliver its frame, or raise ProtocolFault / SeriesOver."""
+
+    def complete(self) -> bool:
+        """True once every frame of a series of known length has arrived (or is accounted for)."""
+        return False
+
+    def silent(self) -> SeriesOver:
+        """What silence means for this protocol (default: a series without its end message)."""
+        self.fault(ProtocolFault("no_end", f"the stream stopped without an end message: "
+                                 f"silent for {self.timeout_s:.1f} s after {self.sent} frames"))
+        return SeriesOver(f"not received: the stream stopped without an end message "
+                          f"(silent for {self.timeout_s:.1f} s)")
+
+    def emit(self, out: FrameOutput, run_id: int, ctl: RunControl) -> Emitted:
+        self.run_id = run_id
+        end: SeriesOver | None = None
+        last_message = next_poll = time.monotonic()
+        pending, self.pending = self.pending, []
+        while end is None:
+            now = time.monotonic()
+            if now >= next_poll:
+                ctl.poll()
+                next_poll = now + 0.1
+            if pending:
+                parts: list[Any] | None = pending.pop(0)
+            else:
+                parts = self.recv(100)
+            if parts is None:
+                if time.monotonic() - last_message > self.timeout_s:
+                    end = self.silent()
+                continue
+            last_message = time.monotonic()
+            try:
+                self.handle(parts, out, ctl)
+            except SeriesOver as over:
+                end = over
+            except ProtocolFault as fault:
+                self.fault(fault)
+            except ProtocolError as exc:  # a foreign message: counted, never fatal
+                self.fault(ProtocolFault("undecodable", f"undecodable message ({exc})"))
+            if end is None and self.complete():
+                end = SeriesOver(None)
+        out.end()
+        return self.emitted(end)
+
+    def emitted(self, end: SeriesOver | None) -> Emitted:
+        last = self.highest if self.count is None else self.first_id + self.count - 1
+        why = (end.reason if end is not None and end.reason else
+               "not received before the end of the series")
+        missing = dict(self.missing)
+        for frame_id in range(self.first_id, last + 1):
+            if frame_id not in self.received and frame_id not in missing:
+                missing[frame_id] = f"{self.protocol}: frame {frame_id} {why}"
+        counters = {f"{self.protocol}_{kind}": n for kind, n in sorted(self.errors.items())}
+        return Emitted(sent=self.sent, last_id=last, missing=missing, counters=counters,
+                       per_frame={k: v for k, v in self.per_frame.items() if v})
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

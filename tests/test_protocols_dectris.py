@@ -1,0 +1,204 @@
+"""DECTRIS SIMPLON stream v1 in: a sender from the spec in its own process, the real pipeline
+(source, worker, collector processes), and the file checked against what was sent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers filter 32008 for plain h5py reads)
+import numpy as np
+import pytest
+
+from conftest import finish
+from protocol_senders import bslz4_blob, dectris_arrays, frame
+from stream_node import ExitCode, read_run
+from stream_node.kernels import build_chain
+from test_pipeline import start_roles
+
+SENDER = str(Path(__file__).with_name("protocol_senders.py"))
+SHAPE = (48, 64)
+
+
+@pytest.fixture
+def sender():
+    """Start `protocol_senders.py ARGS`; returns its endpoint. Killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        proc = subprocess.Popen([sys.executable, SENDER, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        started.append(proc)
+        line = proc.stdout.readline()
+        assert line.startswith("ENDPOINT "), proc.stderr.read()
+        return line.split()[1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def run_series(node, ipc, tmp_path, sender, *sender_args, frames=8, timeout=3.0,
+               extra_worker=()):
+    """Send one series and collect it; returns (source exit code, its stderr, the run)."""
+    endpoint = sender("dectris", "--frames", str(frames), *sender_args)
+    path = tmp_path / "run.h5"
+    source, collector, workers = start_roles(
+        node, ipc, path, 1, frames=frames,
+        extra_source=("--from", f"dectris+{endpoint}?timeout={timeout}"),
+        extra_worker=extra_worker)
+    code, _out, err = finish(source)
+    for proc in (collector, *workers):
+        finish(proc)
+    return code, err, read_run(path), path
+
+
+def sent(i: int, dtype: str = "uint16") -> np.ndarray:
+    return frame(i, SHAPE, dtype)
+
+
+@pytest.mark.timeout(60)
+def test_bslz4_series_is_stored_byte_identical_with_nxmx_metadata(node, ipc, tmp_path, sender):
+    code, err, run, path = run_series(node, ipc, tmp_path, sender, "--encoding", "bs16-lz4<",
+                                      "--detail", "all")
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    for i in range(8):
+        assert run.frames[i].tobytes() == sent(i).tobytes(), f"frame {i} differs"
+    # Plain h5py + hdf5plugin: the chunks are the detector's bytes, the NXmx fields are there.
+    with h5py.File(path, "r") as f:
+        data = f["entry/data/data"]
+        for i in range(8):
+            _, chunk = data.id.read_direct_chunk((i, 0, 0))
+            assert chunk == bslz4_blob(sent(i)), f"chunk {i} was not passed through untouched"
+        assert np.array_equal(data[5], sent(5))
+        det = f["entry/instrument/detector"]
+        assert det.attrs["NX_class"] == "NXdetector"
+        assert det["distance"][()] == 0.125 and det["distance"].attrs["units"] == "m"
+        assert det["x_pixel_size"].attrs["units"] == "m"
+        assert det["beam_center_x"][()] == 31.5
+        assert det["count_time"].attrs["units"] == "s"
+        assert det["incident_wavelength"][()] == 1.0
+        assert det["sensor_material"][()] == b"Si"
+        assert det["sensor_thickness"][()] == 0.00045
+        assert det["description"][()] == b"Dectris EIGER2 Si 500K"
+        assert det["serial_number"][()] == b"E-32-0123"
+        arrays = dectris_arrays(SHAPE)
+        for name in ("flatfield", "pixel_mask", "countrate_correction_table"):
+            assert np.array_equal(det[name][()], arrays[name]), name
+        frames = f["entry/frames"]
+        assert frames["start_time_ns"][()].tolist() == [1_000_000 * i for i in range(8)]
+        assert frames["real_time_ns"][()].tolist() == [990_000] * 8
+        start = json.loads(f["entry"].attrs["start"])
+        assert start["series_id"] == 7 and start["protocol"] == "DECTRIS SIMPLON stream v1"
+        assert start["detector"]["flatfield"]["data"].endswith(" bytes>")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("encoding", "dtype"), [("<", "uint32"), ("lz4<", "uint16")])
+def test_raw_and_lz4_series_are_written_bit_exact(node, ipc, tmp_path, sender, encoding, dtype):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--encoding", encoding,
+                                   "--dtype", dtype, "--detail", "basic")
+    assert code == ExitCode.OK, err
+    assert run.frames.dtype == np.dtype(dtype) and run.missing == {}
+    for i in range(8):
+        assert run.frames[i].tobytes() == sent(i, dtype).tobytes(), f"frame {i} differs"
+
+
+@pytest.mark.timeout(60)
+def test_header_detail_none_takes_geometry_from_first_image(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--detail", "none")
+    assert code == ExitCode.OK, err
+    assert run.received.all() and len(run.frames) == 8
+    assert run.frames[7].tobytes() == sent(7).tobytes()
+
+
+@pytest.mark.timeout(60)
+def test_worker_with_kernels_decompresses_passed_through_frames(node, ipc, tmp_path, sender):
+    """A kernel needs pixels: the worker decompresses the detector's chunk into its buffer
+    first; the chain's output is what the reference computes from the sent frame."""
+    spec = [{"kernel": "bin2x2"}]
+    chain = tmp_path / "chain.json"
+    chain.write_text(json.dumps(spec))
+    endpoint = sender("dectris", "--frames", "6", "--encoding", "bs16-lz4<")
+    path = tmp_path / "run.h5"
+    source, _, _ = start_roles(node, ipc, path, 1, frames=6, extra_source=(
+        "--from", f"dectris+{endpoint}?timeout=3", "--kernels", str(chain)))
+    code, _out, err = finish(source)
+    assert code == ExitCode.OK, err
+    run = read_run(path)
+    reference = build_chain(spec, SHAPE, np.uint16, backend="reference")
+    assert run.frames.shape == (6, 24, 32) and run.missing == {}
+    for i in range(6):
+        assert np.array_equal(run.frames[i], reference.apply(sent(i), frame_id=i)), f"frame {i}"
+
+
+def counters(run) -> dict:
+    return run.counters["reports"]["source"]["origin"]
+
+
+@pytest.mark.timeout(60)
+def test_unknown_htype_is_counted_and_every_frame_written(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "unknown_htype")
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    assert counters(run) == {"dectris_unknown_htype": 1}
+    assert "unknown htype 'dstatus-9.9'" in err
+
+
+@pytest.mark.timeout(60)
+def test_image_before_header_is_counted_and_the_series_written(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "image_before_header")
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    assert counters(run) == {"dectris_out_of_sequence": 1}
+    assert "dimage-1.0 (frame 0 of series 7) before any dheader-1.0" in err
+
+
+@pytest.mark.timeout(60)
+def test_second_header_mid_series_is_counted_and_ignored(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "second_header")
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    assert counters(run) == {"dectris_out_of_sequence": 1}
+    assert "a second dheader-1.0 of series 7 mid-series (after 3 frames)" in err
+
+
+@pytest.mark.timeout(60)
+def test_wrong_size_frame_is_recorded_missing_with_reason(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "wrong_size")
+    assert code == ExitCode.FRAMES_MISSING, err
+    assert set(run.missing) == {3}
+    assert "dectris: dimage_d-1.0 of frame 3: shape [x, y] = [72, 48]" in run.missing[3]
+    assert counters(run) == {"dectris_wrong_size": 1}
+    for i in (0, 1, 2, 4, 5, 6, 7):
+        assert run.frames[i].tobytes() == sent(i).tobytes()
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_compressed_blob_is_recorded_missing_with_reason(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "corrupt_blob")
+    assert code == ExitCode.FRAMES_MISSING, err
+    assert set(run.missing) == {3}
+    assert run.missing[3].startswith("detector: dectris: dimage-1.0 frame 3: frame 3: corrupt "
+                                     "bitshuffle/LZ4 blob")
+    assert counters(run) == {"dectris_corrupt": 1}
+    assert sum(run.received) == 7
+
+
+@pytest.mark.timeout(60)
+def test_stream_stopping_without_end_ends_the_run_after_the_timeout(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "no_end",
+                                   "--fault-frame", "5", timeout=1.5)
+    assert code == ExitCode.FRAMES_MISSING, err
+    assert set(run.missing) == {5, 6, 7}
+    assert all("the stream stopped without an end message (silent for 1.5 s)" in r
+               for r in run.missing.values())
+    assert counters(run) == {"dectris_no_end": 1}
+    for i in range(5):
+        assert run.frames[i].tobytes() == sent(i).tobytes()
