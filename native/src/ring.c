@@ -478,6 +478,18 @@ int sn_ring_publish_n(sn_ring *r, const uint32_t *slots, uint32_t n, uint64_t *f
     return SN_RING_OK;
 }
 
+int sn_ring_try_claim(sn_ring *r, uint32_t outstanding, uint32_t *slot) {
+    return try_claim_ahead(r->sh, outstanding, slot) ? SN_RING_OK : SN_RING_ETIMEDOUT;
+}
+
+int sn_ring_unclaim(sn_ring *r, uint32_t slot) {
+    shared_t *sh = r->sh;
+    if (slot >= sh->n_slots) return SN_RING_EINVAL;
+    uint32_t expected = SN_RING_WRITING;
+    if (!atomic_compare_exchange_strong(&descs(sh)[slot].refs, &expected, 0)) return SN_RING_EINVAL;
+    return SN_RING_OK;
+}
+
 int sn_ring_publish(sn_ring *r, uint32_t slot, uint64_t *seq) {
     return sn_ring_publish_n(r, &slot, 1, seq);
 }

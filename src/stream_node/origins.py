@@ -83,6 +83,7 @@ class Origin(ABC):
     count: int | None = None  # None: the detector says at the end
     encoding: Encoding = Encoding.RAW  # BSLZ4: frames arrive compressed and pass through
     columns: tuple[str, ...] = ()  # names of the per-frame values `Emitted.per_frame` carries
+    needs_ring = False  # True: frames are received straight into slots (data must be ring://)
 
     @property
     def frame_bytes(self) -> int:

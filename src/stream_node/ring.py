@@ -66,6 +66,11 @@ class Ring:
         """Map an existing ring; given `slots`/`slot_bytes` must match the ring's."""
         return cls(RingHandle.attach(name, slots or 0, slot_bytes or 0))
 
+    @property
+    def handle(self) -> RingHandle:
+        """The native handle, for native producers (the UDP receiver) that fill slots."""
+        return self._h
+
     @staticmethod
     def unlink(name: str) -> bool:
         """Remove a ring's name from /dev/shm (for cleaning up by hand)."""

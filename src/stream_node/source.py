@@ -17,8 +17,8 @@ import zmq
 
 from stream_node import __version__
 from stream_node.control import ControlHub, Inbound, Liveness, Peer
-from stream_node.endpoints import open_output
-from stream_node.errors import ExitCode, PeerTimeout, RunAborted, StreamNodeError
+from stream_node.endpoints import open_output, ring_name
+from stream_node.errors import ConfigError, ExitCode, PeerTimeout, RunAborted, StreamNodeError
 from stream_node.frame import Encoding, MsgType
 from stream_node.origins import Emitted, OriginOptions, Stall, open_origin
 from stream_node.transport import LinkLimits
@@ -148,6 +148,10 @@ class Source:
             self.origin.close()
 
     def _run(self) -> RunSummary:
+        if self.origin.needs_ring and ring_name(self.cfg.data) is None:
+            raise ConfigError(f"{self.cfg.origin}: frames are received straight into ring "
+                              f"slots, so the data endpoint must be ring://NAME, not "
+                              f"{self.cfg.data} (workers then forward over tcp)")
         # The data output exists before the hub answers HELLO, so a worker told START finds it.
         out = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.origin.frame_bytes,
                           self.cfg.ring_slots)

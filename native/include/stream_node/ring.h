@@ -119,6 +119,11 @@ int sn_ring_publish(sn_ring *r, uint32_t slot, uint64_t *seq);
    and inside the window), publish n claimed slots as consecutive seqs with one wake-up. */
 int sn_ring_claim_n(sn_ring *r, uint32_t max, int64_t timeout_ns, uint32_t *slots);
 int sn_ring_publish_n(sn_ring *r, const uint32_t *slots, uint32_t n, uint64_t *first_seq);
+/* A producer that fills several slots at once (frames assembled out of order): claim one more
+   without waiting while `outstanding` claimed slots are not yet published (SN_RING_ETIMEDOUT if
+   none is free or the window is full), and give a claimed slot back unpublished. */
+int sn_ring_try_claim(sn_ring *r, uint32_t outstanding, uint32_t *slot);
+int sn_ring_unclaim(sn_ring *r, uint32_t slot);
 
 /* Consumers: join a group as a member, acquire up to max frames (slots[], seqs[]), release them. */
 int sn_ring_join(sn_ring *r, uint32_t group, uint32_t *member);

@@ -61,9 +61,7 @@ cdef class SlotBuffer:
 
 
 cdef class RingHandle:
-    cdef sn_ring *r
-    cdef readonly bint creator
-    cdef readonly str name
+    # Attributes are declared in _ring.pxd, so the UDP receiver can reach the C handle.
 
     def __dealloc__(self):
         # Unmapped only when no view of a slot is left: every SlotBuffer holds this handle.
