@@ -3,7 +3,9 @@
 For 512x1024 and 2048x2048 JUNGFRAU-like uint16 frames, in ONE run so the numbers are comparable,
 each kernel of `stream_node.kernels` is timed three ways, on the same inputs:
 
-* ``numba``: the kernel of `kernels._numba` (what a `Chain` runs), single-threaded;
+* ``numba``: the kernel of `kernels._numba` that a `Chain` runs, single-threaded (for the gain
+  correction that is `gain_correction_packed` on `pack_gain_maps` of the maps; the "unpacked" row
+  is `gain_correction` on the maps as given);
 * ``numpy``: the same kernel's reference in `kernels.reference` (the "numpy" baseline);
 * ``roofline``: ``np.copyto`` moving the same number of bytes (a copy of B/2 bytes reads B/2 and
   writes B/2), measured in this run: no kernel that has to read and write B bytes can beat it.
@@ -17,11 +19,11 @@ is smaller than the memcpy's: in place (apply_mask reads and writes the same 16 
 which stays in this machine's 32 MiB L3, while a copy of the same bytes needs 38 MiB) or with a
 small output (binning).
 
-Inputs: the maps are 64-byte aligned copies as `build_chain` makes them. The raw frame of the
-gain correction is "spots": G0 everywhere except one 5x5 spot per 4000 pixels in G1 with a G2
-centre pixel (~0.6 % of pixels in G1/G2, as a busy diffraction frame) and 0.01 % invalid-stage
-pixels, with a 1 % pixel mask; two more rows show an all-G0 frame (dark or weak scattering) and
-the worst case, 3 % of pixels in G1/G2 scattered uniformly. Energies are that frame corrected;
+Inputs: the maps are 64-byte aligned copies as `build_chain` makes them (and packs them). The raw
+frame of the gain correction is "spots": G0 everywhere except one 5x5 spot per 4000 pixels in G1
+with a G2 centre pixel (~0.6 % of pixels in G1/G2, as a busy diffraction frame) and 0.01 % invalid-
+stage pixels, with a 1 % pixel mask; two more rows show an all-G0 frame (dark or weak scattering)
+and the worst case, 3 % of pixels in G1/G2 scattered uniformly. Energies are that frame corrected;
 photons are those energies photonised.
 
 The `parallel` row is `gain_correction_parallel` on all of this machine's cores (Numba threads):
@@ -40,6 +42,7 @@ Usage::
     python bench/kernels.py            # quick (default), about a minute
     python bench/kernels.py --full     # longer timing per row
     python bench/kernels.py --only 512 # only the 512x1024 frame
+    python bench/kernels.py --kernel gain_correction  # only the gain correction rows
 """
 
 from __future__ import annotations
@@ -183,7 +186,7 @@ def kernel_row(kernel: str, frame: str, io: str, nbytes: int, pixels: int,
     return row
 
 
-def rows_for(shape: tuple[int, int], mode: Mode) -> list[Row]:
+def rows_for(shape: tuple[int, int], mode: Mode, gain_only: bool = False) -> list[Row]:
     rng = np.random.default_rng(0)
     label = f"{shape[0]}x{shape[1]}"
     px = shape[0] * shape[1]
@@ -198,20 +201,29 @@ def rows_for(shape: tuple[int, int], mode: Mode) -> list[Row]:
     e_fast, e_ref = pair(shape, np.float32)
     raws = {kind: aligned_copy(raw_frame(shape, kind, rng))
             for kind in ("spots", "all G0", "uniform 3%")}
+    packed = _numba.pack_gain_maps(ped, gain)  # as build_chain stores the maps
     for kind, raw in raws.items():
         rows.append(kernel_row(
             "gain_correction", label, "u16 -> f32", 15 * px, px,
-            _numba.gain_correction, reference.gain_correction,
-            (raw, e_fast, ped, gain, mask, 0.0), (raw, e_ref, ped, gain, mask, 0.0),
+            _numba.gain_correction_packed, reference.gain_correction,
+            (raw, e_fast, *packed, mask, 0.0), (raw, e_ref, ped, gain, mask, 0.0),
             ((e_fast,), (e_ref,)), mode,
             note=f"{kind} frame, mask; reads raw 2 + 3 maps (ped, gain, mask) 9, writes 4 B/px"))
+    rows.append(kernel_row(
+        "gain_correction unpacked", label, "u16 -> f32", 15 * px, px,
+        _numba.gain_correction, reference.gain_correction,
+        (raws["spots"], e_fast, ped, gain, mask, 0.0),
+        (raws["spots"], e_ref, ped, gain, mask, 0.0), ((e_fast,), (e_ref,)), mode,
+        note="spots frame, maps as given (3, ny, nx): G1/G2 pedestal and gain not interleaved"))
     threads = numba.get_num_threads()
     par = kernel_row("gain_correction parallel", label, "u16 -> f32", 15 * px, px,
-                     _numba.gain_correction_parallel, reference.gain_correction,
-                     (raws["spots"], e_fast, ped, gain, mask, 0.0),
+                     _numba.gain_correction_packed_parallel, reference.gain_correction,
+                     (raws["spots"], e_fast, *packed, mask, 0.0),
                      (raws["spots"], e_ref, ped, gain, mask, 0.0),
                      ((e_fast,), (e_ref,)), mode, note=f"spots frame, {threads} Numba threads")
     rows.append(par)
+    if gain_only:
+        return rows
     energy = aligned_copy(e_ref)
 
     # pedestal tracking on a dark (all-G0) frame
@@ -368,18 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--quick", action="store_true", help="short timing per row (default)")
     group.add_argument("--full", action="store_true", help="longer timing per row")
     ap.add_argument("--only", default="", help="only frame shapes whose label contains this")
+    ap.add_argument("--kernel", default="",
+                    help="only kernel rows whose name contains this (and no chain rows)")
     opts = ap.parse_args(argv)
     mode = FULL if opts.full else QUICK
     shapes = [s for s in SHAPES if opts.only in f"{s[0]}x{s[1]}"]
     t_start = time.monotonic()
     rows: list[Row] = []
     for shape in shapes:
-        rows += rows_for(shape, mode)
+        gain_only = bool(opts.kernel) and opts.kernel in "gain_correction parallel unpacked"
+        rows += [r for r in rows_for(shape, mode, gain_only) if opts.kernel in r.kernel]
         print(f"  kernels {shape[0]}x{shape[1]} done ({time.monotonic() - t_start:.0f} s)",
               file=sys.stderr, flush=True)
     n = set_codec_threads(1)
     omp = f"OpenMP threads {n}" if n else "bitshuffle without OpenMP"
-    chains = [chain_row(shape, mode) for shape in shapes]
+    chains = [] if opts.kernel else [chain_row(shape, mode) for shape in shapes]
     print(f"\nstream-node kernel bench ({'full' if opts.full else 'quick'}, "
           f"{time.monotonic() - t_start:.0f} s): {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "

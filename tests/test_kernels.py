@@ -13,7 +13,7 @@ from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.registry import binned_dtype
 
 # Small shapes, but up to ~12k pixels so the gain correction's full 4096-pixel chunks (and their
-# G1/G2 block path) are exercised, not only its short-tail path.
+# 64-pixel G1/G2 bit-mask path) are exercised, not only its short-tail path.
 SHAPES = st.tuples(st.integers(1, 80), st.integers(1, 150))
 SEEDS = st.integers(0, 2**32 - 1)
 FAST = settings(max_examples=25, deadline=None,
@@ -67,6 +67,10 @@ def test_gain_correction_matches_reference(shape, seed, with_mask, nasty, fill):
     n = _numba.gain_correction(raw, out, ped, gain, mask, fill)
     assert n == n_ref
     assert_same(out, out_ref)
+    out[...] = 7.0  # what a chain runs: the same kernel on the packed (interleaved) maps
+    assert _numba.gain_correction_packed(raw, out, *_numba.pack_gain_maps(ped, gain), mask,
+                                         fill) == n_ref
+    assert_same(out, out_ref)
 
 
 @pytest.mark.parametrize("p_stage", [(1, 0, 0, 0), (0.97, 0.02, 0.009, 0.001), (0, 0.5, 0.5, 0)],
@@ -79,10 +83,19 @@ def test_gain_correction_parallel_matches_serial_and_reference(p_stage):
     mask = (rng.random(shape) < 0.05).astype(np.uint8)
     ref = np.empty(shape, np.float32)
     n_ref = reference.gain_correction(raw, ref, ped, gain, mask, 0.0)
-    for fn in (_numba.gain_correction, _numba.gain_correction_parallel):
-        out = np.empty(shape, np.float32)
-        assert fn(raw, out, ped, gain, mask, 0.0) == n_ref
-        assert_same(out, ref)
+    packed = _numba.pack_gain_maps(ped, gain)
+    for fn, maps_ in ((_numba.gain_correction, (ped, gain)),
+                      (_numba.gain_correction_parallel, (ped, gain)),
+                      (_numba.gain_correction_packed, packed),
+                      (_numba.gain_correction_packed_parallel, packed)):
+        for m in (mask, None):
+            out = np.empty(shape, np.float32)
+            n_want = n_ref if m is mask else reference.gain_correction(raw, ref, ped, gain,
+                                                                       None, 0.0)
+            assert fn(raw, out, *maps_, m, 0.0) == n_want
+            want = ref.copy()
+            reference.gain_correction(raw, want, ped, gain, m, 0.0)
+            assert_same(out, want)
 
 
 @pytest.mark.parametrize("impl", [reference, _numba], ids=["reference", "numba"])

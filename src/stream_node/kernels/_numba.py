@@ -13,7 +13,8 @@ No kernel allocates: outputs are the caller's, and 2-D arrays are walked as flat
 (``reshape`` of a C-contiguous array is a view), so the pixel loops are single long loops LLVM
 vectorises. Pass C-contiguous arrays (the chain does).
 
-`gain_correction_parallel` is the only ``parallel=True`` variant: gain correction is the kernel
+`gain_correction_parallel` (and `gain_correction_packed_parallel`, what a chain with
+``parallel: true`` runs) are the only ``parallel=True`` variants: gain correction is the kernel
 with the most bytes per pixel, and `bench/kernels.py` measures the variant against the serial one
 in every run (on the 2-core development machine two threads gave 1.9-2x). The others have none:
 binning and masking already run near memory speed on one core, and a worker process per core is
@@ -26,48 +27,86 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+
+from stream_node.kernels.stage import aligned_copy, aligned_empty
 
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 # Gain correction walks the frame in chunks of _CHUNK pixels. For each chunk, one vectorised loop
-# computes every pixel as if it were G0, reading only the G0 maps, and ORs the raw values. Only if
-# that OR has a G1/G2 bit are the chunk's raw values read again (from L1), 4 pixels per uint64
-# word: the blocks of _BLOCK pixels holding a G1/G2 pixel get their G1/G2 map lines prefetched
-# (all at once, so the cache misses overlap instead of queueing), then are redone with the G1
-# maps, or the G1 and G2 maps if the block has a G2 pixel. On real frames (Bragg spots, a direct
-# beam) G1/G2 pixels are a small part of the detector, so most of the G1/G2 maps are never read.
-# The chain allocates the maps 64-byte aligned, so a block is one cache line of each map, not two.
+# computes every pixel as if it were G0, reading only the G0 maps, and ORs the raw values; this is
+# the whole cost of an all-G0 frame, and it streams 15 B/pixel. Only if that OR has a G1/G2 bit
+# are the chunk's raw values read again (from L1), 64 at a time as a bit mask (`_high_bits`: one
+# vector compare), and each G1/G2 pixel is redone on its own from its stage's pedestal and gain.
+# On real frames (Bragg spots, a direct beam) G1/G2 pixels are a small part of the detector, so
+# the G1/G2 maps are read only where those pixels are. A chain stores them interleaved
+# (`pack_gain_maps`: a (pedestal, gain) pair per pixel and stage), so such a pixel costs one cache
+# line of maps, not two.
+#
+# Measured on the 2-core Zen 5 development machine (one core, bench/kernels.py), against the
+# previous version, which redid whole 16-pixel blocks branch-free after a scan of every block of a
+# chunk: that scan, not the maps, was most of the cost of a "spots" frame, and the blocks with a
+# G1/G2 pixel most of the cost of a frame with 3 % of them scattered uniformly. Tried and not
+# kept: prefetching the G1/G2 map lines a chunk ahead, software prefetch of the G0 streams, and
+# non-temporal stores of the output through an L1 buffer (all slower or no faster here).
 #
 # Loops index with unsigned offsets (or run over range(len)): with a signed range(a, b) Numba
 # cannot tell that a is not negative and wraps every index, which turns vector loads into gathers.
 _CHUNK = 4096
-_BLOCK = 16  # 16 float32: a cache line of each map
+_GROUP = 64  # pixels per `_high_bits` mask
 _ADC = 0x3FFF
 _HIGH = 0x4000  # bit 14: set for G1 (0b01) and G2 (0b11), clear for G0 and the invalid 0b10
-_HIGH_WORD = np.uint64(0x4000_4000_4000_4000)  # bit 14 of each of 4 pixels in a uint64
 _ONE = np.uint64(1)
 
 
 @intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Ask for the cache line holding arr[idx] without waiting for it (llvm.prefetch: read,
-    keep in all levels). Numba has no prefetch of its own."""
-    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+def _high_bits(typingctx, arr, idx):
+    """uint64 whose bit j is bit 14 (G1/G2) of the uint16 arr[idx + j], for j < 64; the caller
+    guarantees idx + 64 <= arr.size. One vector load and compare (two with AVX-512BW)."""
+    if (not isinstance(arr, types.Array) or arr.dtype != types.uint16
+            or not isinstance(idx, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
-            "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
+        i16 = ir.IntType(16)
+        vec = ir.VectorType(i16, _GROUP)
+        values = builder.load(builder.bitcast(ptr, vec.as_pointer()), align=2)
+        high = builder.and_(values, ir.Constant(vec, [i16(_HIGH)] * _GROUP))
+        is_high = builder.icmp_unsigned("!=", high, ir.Constant(vec, [i16(0)] * _GROUP))
+        return builder.bitcast(is_high, ir.IntType(_GROUP))
 
-    return types.void(arr, idx), codegen
+    return types.uint64(arr, idx), codegen
+
+
+@intrinsic
+def _lowest_bit(typingctx, bits):
+    """Index of the lowest set bit of a nonzero uint64 (llvm.cttz: one tzcnt)."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.IntType(1)(1)])
+
+    return types.uint64(bits), codegen
+
+
+def pack_gain_maps(pedestal: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The layout `gain_correction_packed` reads, made once when a chain is built: G0 pedestal
+    and gain as they are (ny, nx), and the G1/G2 maps interleaved, ``pairs[s - 1, y, x] ==
+    (pedestal[s, y, x], gain[s, y, x])`` for stage s = 1, 2, shape (2, ny, nx, 2). float32,
+    64-byte aligned."""
+    ped = np.asarray(pedestal, np.float32)
+    gn = np.asarray(gain, np.float32)
+    pairs = aligned_empty((2, *ped.shape[1:], 2), np.float32)
+    pairs[..., 0] = ped[1:]
+    pairs[..., 1] = gn[1:]
+    return aligned_copy(ped[0]), aligned_copy(gn[0]), pairs
 
 
 @njit(**_OPTS)
@@ -95,111 +134,93 @@ def _g0_pass(r, o, p0, g0, m, fill, a, b):
     return n, acc
 
 
-@njit(**_OPTS)
-def _blend_high(r, o, p1, g1, p2, g2, m, a, b):
-    """Pixels [a, b) that are G1/G2 (and not masked) get their stage's energy; branch-free, so
-    it vectorises and mixed blocks cost no mispredictions."""
-    for x in range(a, b):
-        v = r[x]
-        use = (v & _HIGH) != 0
-        if m is not None:
-            use = use & (m[x] == 0)
-        # Load both stages' values, then select: a load inside the select would become a masked
-        # gather, much slower than two plain vector loads.
-        a1, b1, a2, b2 = p1[x], g1[x], p2[x], g2[x]
-        g2_stage = (v >> 15) != 0
-        e = (np.float32(v & _ADC) - (a2 if g2_stage else a1)) / (b2 if g2_stage else b1)
-        o[x] = e if use else o[x]
+def _stage_maps(high, s, x):
+    """(pedestal, gain) of pixel x in stage s + 1 (s = 0 for G1, 1 for G2), from `high`: the
+    (3, n) pedestal and gain planes as a tuple, or the (2, n, 2) pairs of `pack_gain_maps`.
+    Numba picks the version by type (see the overload below)."""
+    if isinstance(high, tuple):
+        return high[0][s + 1, x], high[1][s + 1, x]
+    return high[s, x, 0], high[s, x, 1]
+
+
+@overload(_stage_maps, jit_options=_OPTS)
+def _stage_maps_typed(high, s, x):
+    if isinstance(high, types.BaseTuple):
+        return lambda high, s, x: (high[0][s + 1, x], high[1][s + 1, x])
+    return lambda high, s, x: (high[s, x, 0], high[s, x, 1])
 
 
 @njit(**_OPTS)
-def _blend_g1(r, o, p1, g1, m, a, b):
-    """`_blend_high` for a block without G2 pixels: reads only the G1 maps' lines."""
-    for x in range(a, b):
-        v = r[x]
-        use = (v >> 14) == 1
-        if m is not None:
-            use = use & (m[x] == 0)
-        e = (np.float32(v & _ADC) - p1[x]) / g1[x]
-        o[x] = e if use else o[x]
+def _redo_pixel(r, o, high, m, x):
+    """Pixel x, a G1/G2 one, from its stage's maps; a masked one keeps `_g0_pass`'s fill."""
+    v = r[x]
+    p, g = _stage_maps(high, v >> 15, x)
+    e = (np.float32(v & _ADC) - p) / g
+    if m is None:
+        o[x] = e
+    else:
+        o[x] = e if m[x] == 0 else o[x]
 
 
 @njit(**_OPTS)
-def _redo_high_blocks(r, o, p1, g1, p2, g2, m, words, a):
-    """In the full chunk at pixel a, redo the blocks that hold a G1/G2 pixel, reading the G2
-    maps only for blocks that hold a G2 pixel (both stage bits set: v & v >> 1 has bit 14).
-    First their map lines are prefetched, all of them: on a 2048x2048 frame, whose maps are far
-    from the cache, that made this 15-25 % faster (and a 512x1024 one 3 % slower)."""
-    for k in range(_CHUNK // _BLOCK):
-        i = a // np.uint64(4) + np.uint64(4 * k)
-        w = words[i] | words[i + _ONE] | words[i + np.uint64(2)] | words[i + np.uint64(3)]
-        if w & _HIGH_WORD:
-            first = a + np.uint64(k * _BLOCK)
-            _prefetch(p1, first)
-            _prefetch(g1, first)
-            _prefetch(p2, first)
-            _prefetch(g2, first)
-    for k in range(_CHUNK // _BLOCK):
-        i = a // np.uint64(4) + np.uint64(4 * k)
-        w0, w1 = words[i], words[i + _ONE]
-        w2, w3 = words[i + np.uint64(2)], words[i + np.uint64(3)]
-        if (w0 | w1 | w2 | w3) & _HIGH_WORD == 0:
-            continue
-        first = a + np.uint64(k * _BLOCK)
-        last = first + np.uint64(_BLOCK)
-        both = ((w0 & (w0 >> _ONE)) | (w1 & (w1 >> _ONE))
-                | (w2 & (w2 >> _ONE)) | (w3 & (w3 >> _ONE)))
-        if both & _HIGH_WORD:
-            _blend_high(r, o, p1, g1, p2, g2, m, first, last)
-        else:
-            _blend_g1(r, o, p1, g1, m, first, last)
+def _redo_high(r, o, high, m, a, b):
+    """Redo the G1/G2 pixels of [a, b): whole groups of 64 through their bit mask, then the
+    pixels after the last whole group one by one."""
+    group = np.uint64(_GROUP)
+    g = a
+    while g + group <= b:
+        bits = _high_bits(r, g)
+        while bits:
+            _redo_pixel(r, o, high, m, g + _lowest_bit(bits))
+            bits &= bits - _ONE
+        g += group
+    for x in range(g, b):
+        if r[x] & _HIGH:
+            _redo_pixel(r, o, high, m, x)
 
 
 @njit(**_OPTS)
-def _correct_chunk(r, o, p0, g0, p1, g1, p2, g2, m, fill, words, c):
-    """Chunk number c; the frame's last chunk may be short and is then blended whole."""
+def _correct_chunk(r, o, p0, g0, high, m, fill, c):
+    """Chunk number c (the frame's last one may be short); returns how many were filled."""
     a = np.uint64(c * _CHUNK)
     b = np.uint64(min(c * _CHUNK + _CHUNK, r.size))
     n, acc = _g0_pass(r, o, p0, g0, m, fill, a, b)
     if acc & _HIGH:
-        if b - a == np.uint64(_CHUNK):
-            _redo_high_blocks(r, o, p1, g1, p2, g2, m, words, a)
-        else:
-            _blend_high(r, o, p1, g1, p2, g2, m, a, b)
+        _redo_high(r, o, high, m, a, b)
     return n
 
 
 @njit(**_OPTS)
-def _correct_serial(r, o, ped, gain, m, fill):
-    words = r[: r.size // _CHUNK * _CHUNK].view(np.uint64)
+def _correct_serial(r, o, p0, g0, high, m, fill):
     n = 0
     for c in range((r.size + _CHUNK - 1) // _CHUNK):
-        n += _correct_chunk(r, o, ped[0], gain[0], ped[1], gain[1], ped[2], gain[2], m, fill,
-                            words, c)
+        n += _correct_chunk(r, o, p0, g0, high, m, fill, c)
     return n
 
 
 @njit(parallel=True, **_OPTS)
-def _correct_parallel(r, o, ped, gain, m, fill):
-    words = r[: r.size // _CHUNK * _CHUNK].view(np.uint64)
+def _correct_parallel(r, o, p0, g0, high, m, fill):
     n = 0
     for c in prange((r.size + _CHUNK - 1) // _CHUNK):
-        n += _correct_chunk(r, o, ped[0], gain[0], ped[1], gain[1], ped[2], gain[2], m, fill,
-                            words, c)
+        n += _correct_chunk(r, o, p0, g0, high, m, fill, c)
     return n
 
 
 @njit(**_OPTS)
 def gain_correction(raw: np.ndarray, out: np.ndarray, pedestal: np.ndarray, gain: np.ndarray,
                     mask: np.ndarray | None, fill: float) -> int:
-    """See `reference.gain_correction`: energy = (ADC - pedestal[g]) / gain[g], float32."""
+    """See `reference.gain_correction`: energy = (ADC - pedestal[g]) / gain[g], float32.
+
+    Reads the maps as given; a chain runs `gain_correction_packed` on `pack_gain_maps` of them
+    (same results, G1/G2 pixels cheaper)."""
     n = raw.size
     ped = pedestal.reshape((3, n))
     gn = gain.reshape((3, n))
     if mask is None:
-        return _correct_serial(raw.reshape(n), out.reshape(n), ped, gn, None, np.float32(fill))
-    return _correct_serial(raw.reshape(n), out.reshape(n), ped, gn, mask.reshape(n),
-                           np.float32(fill))
+        return _correct_serial(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn), None,
+                               np.float32(fill))
+    return _correct_serial(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn),
+                           mask.reshape(n), np.float32(fill))
 
 
 @njit(**_OPTS)
@@ -211,9 +232,36 @@ def gain_correction_parallel(raw: np.ndarray, out: np.ndarray, pedestal: np.ndar
     ped = pedestal.reshape((3, n))
     gn = gain.reshape((3, n))
     if mask is None:
-        return _correct_parallel(raw.reshape(n), out.reshape(n), ped, gn, None, np.float32(fill))
-    return _correct_parallel(raw.reshape(n), out.reshape(n), ped, gn, mask.reshape(n),
-                             np.float32(fill))
+        return _correct_parallel(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn), None,
+                                 np.float32(fill))
+    return _correct_parallel(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn),
+                             mask.reshape(n), np.float32(fill))
+
+
+@njit(**_OPTS)
+def gain_correction_packed(raw: np.ndarray, out: np.ndarray, pedestal0: np.ndarray,
+                           gain0: np.ndarray, pairs: np.ndarray, mask: np.ndarray | None,
+                           fill: float) -> int:
+    """`gain_correction` on the maps of `pack_gain_maps(pedestal, gain)` (same results)."""
+    n = raw.size
+    r, o = raw.reshape(n), out.reshape(n)
+    p0, g0, high = pedestal0.reshape(n), gain0.reshape(n), pairs.reshape((2, n, 2))
+    if mask is None:
+        return _correct_serial(r, o, p0, g0, high, None, np.float32(fill))
+    return _correct_serial(r, o, p0, g0, high, mask.reshape(n), np.float32(fill))
+
+
+@njit(**_OPTS)
+def gain_correction_packed_parallel(raw: np.ndarray, out: np.ndarray, pedestal0: np.ndarray,
+                                    gain0: np.ndarray, pairs: np.ndarray,
+                                    mask: np.ndarray | None, fill: float) -> int:
+    """`gain_correction_packed` with the chunks shared among Numba's threads."""
+    n = raw.size
+    r, o = raw.reshape(n), out.reshape(n)
+    p0, g0, high = pedestal0.reshape(n), gain0.reshape(n), pairs.reshape((2, n, 2))
+    if mask is None:
+        return _correct_parallel(r, o, p0, g0, high, None, np.float32(fill))
+    return _correct_parallel(r, o, p0, g0, high, mask.reshape(n), np.float32(fill))
 
 
 @njit(**_OPTS)

@@ -147,11 +147,17 @@ def _build_gain_correction(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
     gain = p.array("gain", (3, *shape), np.float32)
     mask = _mask(p, shape, required=False)
     fill = p.number("fill", 0.0, allow_nan=True)
-    fn = impl.gain_correction
-    if p.flag("parallel") and impl is _numba:
-        fn = _numba.gain_correction_parallel
+    parallel = p.flag("parallel")
     n_masked = 0 if mask is None else int(np.count_nonzero(mask))
-    return GainStage(p.label, "gain_correction", fn, (pedestal, gain, mask, fill), shape,
+    if impl is not _numba:
+        return GainStage(p.label, "gain_correction", impl.gain_correction,
+                         (pedestal, gain, mask, fill), shape, np.dtype(np.float32),
+                         n_masked=n_masked)
+    # The Numba kernel reads the G1/G2 maps as (pedestal, gain) pairs: interleaved once, here.
+    assert pedestal is not None and gain is not None
+    fn = _numba.gain_correction_packed_parallel if parallel else _numba.gain_correction_packed
+    return GainStage(p.label, "gain_correction", fn,
+                     (*_numba.pack_gain_maps(pedestal, gain), mask, fill), shape,
                      np.dtype(np.float32), n_masked=n_masked)
 
 

@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 
-ALIGN = 64  # a cache line: a block of 16 float32 map values is then one line, not two
+ALIGN = 64  # a cache line: a (pedestal, gain) pair of the packed G1/G2 maps is in one line
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | type | str) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a 64-byte boundary.
 
     numpy's own large arrays start 16 bytes past a page, so a 64-byte block of them straddles two
-    cache lines; the gain correction reads its G1/G2 maps in such blocks.
+    cache lines; vector loops then split loads, and a map read pixel by pixel (the gain
+    correction's G1/G2 pairs) could need two lines for one pixel.
     """
     dt = np.dtype(dtype)
     nbytes = math.prod(shape) * dt.itemsize
