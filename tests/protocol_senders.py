@@ -314,6 +314,50 @@ def send_karabo(args: argparse.Namespace) -> None:
     ctx.term()
 
 
+# -- for the tests: start a sender, run the pipeline against it ----------------------------------
+
+def _sender_fixture():
+    """Start `protocol_senders.py ARGS` as a process; returns its endpoint. Killed at teardown."""
+    import subprocess
+
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        started.append(proc)
+        line = proc.stdout.readline()
+        assert line.startswith("ENDPOINT "), proc.stderr.read()
+        return line.split()[1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def run_series(node, ipc, tmp_path, sender, protocol: str, scheme: str, *sender_args: str,
+               frames: int = 8, timeout: float = 3.0, query: str = "", extra_source=()):
+    """Send one series with `protocol`, collect it through source, one worker and the
+    collector (real processes); returns (source exit code, its stderr, the run, the path)."""
+    from conftest import finish
+    from stream_node import read_run
+    from test_pipeline import start_roles
+
+    endpoint = sender(protocol, "--frames", str(frames), *sender_args)
+    path = tmp_path / "run.h5"
+    source, collector, workers = start_roles(
+        node, ipc, path, 1, frames=frames,
+        extra_source=("--from", f"{scheme}+{endpoint}?timeout={timeout}{query}",
+                      *extra_source))
+    code, _out, err = finish(source)
+    for proc in (collector, *workers):
+        finish(proc)
+    assert path.exists(), f"no file written; source exit code {code}, stderr:\n{err[-3000:]}"
+    return code, err, read_run(path), path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("protocol", choices=["dectris", "stream2", "karabo"])

@@ -4,58 +4,26 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008 for plain h5py reads)
 import numpy as np
 import pytest
 
+import protocol_senders
 from conftest import finish
 from protocol_senders import bslz4_blob, dectris_arrays, frame
 from stream_node import ExitCode, read_run
 from stream_node.kernels import build_chain
 from test_pipeline import start_roles
 
-SENDER = str(Path(__file__).with_name("protocol_senders.py"))
 SHAPE = (48, 64)
+sender = pytest.fixture(protocol_senders._sender_fixture, name="sender")
 
 
-@pytest.fixture
-def sender():
-    """Start `protocol_senders.py ARGS`; returns its endpoint. Killed at teardown."""
-    started: list[subprocess.Popen] = []
-
-    def start(*args: str) -> str:
-        proc = subprocess.Popen([sys.executable, SENDER, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        started.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("ENDPOINT "), proc.stderr.read()
-        return line.split()[1]
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def run_series(node, ipc, tmp_path, sender, *sender_args, frames=8, timeout=3.0,
-               extra_worker=()):
-    """Send one series and collect it; returns (source exit code, its stderr, the run)."""
-    endpoint = sender("dectris", "--frames", str(frames), *sender_args)
-    path = tmp_path / "run.h5"
-    source, collector, workers = start_roles(
-        node, ipc, path, 1, frames=frames,
-        extra_source=("--from", f"dectris+{endpoint}?timeout={timeout}"),
-        extra_worker=extra_worker)
-    code, _out, err = finish(source)
-    for proc in (collector, *workers):
-        finish(proc)
-    return code, err, read_run(path), path
+def run_series(node, ipc, tmp_path, sender, *sender_args, **kw):
+    return protocol_senders.run_series(node, ipc, tmp_path, sender, "dectris", "dectris",
+                                       *sender_args, **kw)
 
 
 def sent(i: int, dtype: str = "uint16") -> np.ndarray:

@@ -1,0 +1,304 @@
+"""DECTRIS stream v2 (`dectris2+tcp://DCU:31001`): one CBOR message per ZeroMQ message, PUSH/PULL.
+
+Messages are CBOR maps (RFC 8949, usually behind the self-describe tag 55799) whose first key is
+`type`: `start` (series configuration), `image` (one exposure, every channel), `end`. Arrays are
+RFC 8746 multi-dimensional arrays (tag 40: `[[y, x], typed array]`, row-major) of typed arrays
+(tags 64-87 over a byte string); a compressed byte string is DECTRIS tag 56500
+`["bslz4", element size, chunk]` (bitshuffle/LZ4, HDF5 filter-32008 framing: passed through to
+the file untouched) or `["lz4", 0, data]` (HDF5 LZ4 filter framing: decompressed here).
+Decoding is cbor2's; this module only gives the tags their meaning.
+
+One channel becomes the run's frames (`?channel=NAME`, default the first of `channels`); the others
+are counted, not stored. `image_id` becomes the frame id, `series_id` the run's `series_id`, the
+rational start/stop/real times (seconds) the per-frame datasets `*_time_ns`. The start message
+does not say the pixel type, so the origin reads the first image before START (bounded by the
+silence timeout) and emits it first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+import numpy as np
+import zmq
+
+from stream_node.endpoints import FrameOutput
+from stream_node.errors import ProtocolError
+from stream_node.frame import Encoding
+from stream_node.origins import OriginOptions, RunControl
+from stream_node.protocols.chunks import lz4_hdf5, packed_array
+from stream_node.protocols.dectris import nxmx_fields
+from stream_node.protocols.received import ProtocolFault, ReceivedOrigin, SeriesOver
+
+MULTI_DIM, COMPRESSED = 40, 56500
+NXMX2 = {
+    "detector_description": ("description", None),
+    "detector_serial_number": ("serial_number", None),
+    "beam_center_x": ("beam_center_x", "pixel"),
+    "beam_center_y": ("beam_center_y", "pixel"),
+    "pixel_size_x": ("x_pixel_size", "m"),
+    "pixel_size_y": ("y_pixel_size", "m"),
+    "count_time": ("count_time", "s"),
+    "frame_time": ("frame_time", "s"),
+    "sensor_material": ("sensor_material", None),
+    "sensor_thickness": ("sensor_thickness", "m"),
+    "incident_wavelength": ("incident_wavelength", "angstrom"),
+    "incident_energy": ("incident_energy", "eV"),
+    "saturation_value": ("saturation_value", None),
+    "countrate_correction_enabled": ("countrate_correction_applied", None),
+    "flatfield_enabled": ("flatfield_applied", None),
+    "pixel_mask_enabled": ("pixel_mask_applied", None),
+    "virtual_pixel_interpolation_enabled": ("virtual_pixel_correction_applied", None),
+}
+
+
+def typed_dtype(tag: int) -> np.dtype | None:
+    """The numpy dtype of an RFC 8746 typed-array tag (64..87), None for others."""
+    if not 64 <= tag <= 87 or tag == 76:  # 76 is reserved
+        return None
+    floating, signed, little, size = (tag >> 4) & 1, (tag >> 3) & 1, (tag >> 2) & 1, tag & 3
+    if floating:
+        kind, nbytes = "f", 2 << size
+    else:
+        kind, nbytes = ("i" if signed else "u"), 1 << size
+    if tag == 68:  # uint8, clamped arithmetic: same bytes
+        return np.dtype("u1")
+    return np.dtype(("<" if little else ">") + kind + str(nbytes))
+
+
+@dataclass
+class Compressed:
+    algorithm: str
+    elem_size: int
+    data: bytes
+
+
+@dataclass
+class Typed:
+    dtype: np.dtype
+    data: Any  # bytes or Compressed
+
+
+@dataclass
+class MultiDim:
+    shape: tuple[int, ...]
+    array: Any  # Typed (or a plain CBOR array)
+
+
+def _tag_hook(*args: Any) -> Any:
+    """cbor2's tag hook: called as (decoder, tag) by cbor2 5 and (tag, immutable) by cbor2 6."""
+    tag = next(a for a in args if isinstance(a, cbor2.CBORTag))
+    if tag.tag == COMPRESSED:
+        value = tag.value
+        if (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
+                and isinstance(value[2], bytes)):
+            return Compressed(value[0], int(value[1]), value[2])
+        raise ValueError("tag 56500 is not [algorithm, modifier, bytes]")
+    dtype = typed_dtype(tag.tag)
+    if dtype is not None:
+        if not isinstance(tag.value, (bytes, Compressed)):
+            raise ValueError(f"typed array tag {tag.tag} over a non-byte string")
+        return Typed(dtype, tag.value)
+    if tag.tag == MULTI_DIM:
+        value = tag.value
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and isinstance(value[0], (list, tuple))):
+            raise ValueError("tag 40 is not [dimensions, array]")
+        return MultiDim(tuple(int(n) for n in value[0]), value[1])
+    return tag
+
+
+def decode(message: Any) -> dict:
+    try:
+        body = cbor2.loads(message, tag_hook=_tag_hook)
+    except Exception as exc:  # cbor2 raises several types for malformed input
+        raise ProtocolFault("undecodable", f"undecodable CBOR message ({exc})") from None
+    if isinstance(body, cbor2.CBORTag) and body.tag == 55799:  # self-described CBOR
+        body = body.value
+    if not hasattr(body, "get") or not isinstance(body.get("type"), str):
+        raise ProtocolFault("unknown_htype", "message is not a map with a text 'type'")
+    return body
+
+
+def plain_array(value: Any, what: str) -> np.ndarray:
+    """A small array from the start message (flatfield, mask, table), decompressed."""
+    shape = None
+    if isinstance(value, MultiDim):
+        shape, value = value.shape, value.array
+    if not isinstance(value, Typed):
+        raise ProtocolError(f"{what} is not a typed array")
+    data = value.data
+    if isinstance(data, Compressed):
+        from stream_node.compression import decompress
+
+        if data.algorithm != "bslz4":
+            raise ProtocolError(f"{what}: unsupported compression {data.algorithm!r}")
+        n = int.from_bytes(data.data[:8], "big") // value.dtype.itemsize
+        return decompress(data.data, shape or (n,), value.dtype)
+    array = np.frombuffer(data, value.dtype)
+    return array.reshape(shape) if shape else array
+
+
+class Stream2Origin(ReceivedOrigin):
+    protocol = "dectris2"
+    columns = ("start_time_ns", "stop_time_ns", "real_time_ns")
+
+    def __init__(self, address: str, options: OriginOptions) -> None:
+        super().__init__(address, options, known=("channel",))
+        try:
+            self.start = self.wait_for("start message", self._start)
+            first = self.wait_for("first image (its pixel type and compression)",
+                                  self._first_image)
+            self.pending.append(first)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, parts: list[zmq.Frame]) -> bool:
+        body = decode(parts[0].buffer)
+        kind = body["type"]
+        if kind in ("image", "end"):
+            what = f"image {body.get('image_id')}" if kind == "image" else "series end"
+            raise ProtocolFault("out_of_sequence", f"{kind} message ({what}) before any start "
+                                "message: ignored")
+        if kind != "start":
+            raise ProtocolFault("unknown_htype", f"unknown message type {kind!r}: ignored")
+        self.body = body
+        self.series_id = int(body.get("series_id", 0))
+        channels = list(body.get("channels") or [])
+        self.channel = self.opts.get("channel") or (channels[0] if channels else None)
+        self.channels = channels
+        n = body.get("number_of_images")
+        self.count = int(n) if isinstance(n, int) and n > 0 else None
+        return True
+
+    def _first_image(self, parts: list[zmq.Frame]) -> bool:
+        body = decode(parts[0].buffer)
+        if body["type"] == "start":
+            raise ProtocolFault("out_of_sequence", "a second start message before any image")
+        if body["type"] != "image":
+            raise ProtocolFault("unknown_htype", f"{body['type']!r} while waiting for the first "
+                                "image")
+        array = self._channel_array(body, body.get("image_id"))
+        if not isinstance(array.array, Typed) or len(array.shape) != 2:
+            raise ProtocolFault("invalid", "image data is not a 2-D typed array")
+        self.shape, self.dtype = array.shape, array.array.dtype.newbyteorder("=")
+        if array.array.dtype.byteorder == ">":
+            raise ProtocolFault("invalid", "big-endian image data is not supported")
+        data = array.array.data
+        bslz4 = isinstance(data, Compressed) and data.algorithm == "bslz4"
+        self.encoding = Encoding.BSLZ4 if bslz4 else Encoding.RAW
+        return True
+
+    def _channel_array(self, body: Any, image_id: Any) -> MultiDim:
+        data = body.get("data")
+        if not hasattr(data, "get") or self.channel not in data:
+            frame_id = image_id if isinstance(image_id, int) else None
+            raise ProtocolFault("invalid", f"image {image_id}: no data for channel "
+                                f"{self.channel!r}", frame_id)
+        array = data[self.channel]
+        if not isinstance(array, MultiDim):
+            raise ProtocolFault("invalid", f"image {image_id}: channel {self.channel!r} is not a "
+                                "multi-dimensional array (tag 40)", image_id)
+        return array
+
+    def metadata(self) -> dict[str, Any]:
+        body = self.body
+        detector = nxmx_fields(body, NXMX2)
+        translation = body.get("detector_translation")
+        if isinstance(translation, (list, tuple)) and len(translation) == 3:
+            detector["distance"] = {"value": translation[2], "units": "m"}
+        energies = body.get("threshold_energy")
+        if hasattr(energies, "get") and self.channel in energies:
+            detector["threshold_energy"] = {"value": energies[self.channel], "units": "eV"}
+        for key, name in (("flatfield", "flatfield"), ("pixel_mask", "pixel_mask")):
+            arrays = body.get(key)
+            if hasattr(arrays, "get") and self.channel in arrays:
+                try:
+                    detector[name] = packed_array(plain_array(arrays[self.channel], key))
+                except ProtocolError as exc:
+                    self.fault(ProtocolFault("invalid", f"start message: {exc}"))
+        table = body.get("countrate_correction_lookup_table")
+        if table is not None:
+            try:
+                detector["countrate_correction_table"] = packed_array(
+                    plain_array(table, "countrate_correction_lookup_table"))
+            except ProtocolError as exc:
+                self.fault(ProtocolFault("invalid", f"start message: {exc}"))
+        config = {k: v for k, v in body.items()
+                  if isinstance(v, (int, float, str, bool)) and k != "type"}
+        return {"source": f"dectris2+{self.address}", "protocol": "DECTRIS stream v2 (CBOR)",
+                "series_id": self.series_id, "series_unique_id": body.get("series_unique_id"),
+                "channel": self.channel, "channels": self.channels,
+                "detector_config": config, "detector": detector}
+
+    def complete(self) -> bool:
+        return self.count is not None and len(self.received) + len(self.missing) >= self.count
+
+    def handle(self, parts: list[zmq.Frame], out: FrameOutput, ctl: RunControl) -> None:
+        body = decode(parts[0].buffer)
+        kind = body["type"]
+        series = body.get("series_id")
+        if kind == "image":
+            self._image(body, out, ctl)
+        elif kind == "end":
+            if series != self.series_id:
+                raise ProtocolFault("foreign_series", f"end of series {series} during series "
+                                    f"{self.series_id}: ignored")
+            raise SeriesOver(None)
+        elif kind == "start":
+            if series == self.series_id:
+                raise ProtocolFault("out_of_sequence", f"a second start message of series "
+                                    f"{series} mid-series (after {self.sent} frames): ignored")
+            self.fault(ProtocolFault("out_of_sequence", f"start of series {series} before the "
+                                     f"end of series {self.series_id}: series ended"))
+            raise SeriesOver(f"not received: the detector began series {series} before ending "
+                             f"series {self.series_id}")
+        else:
+            raise ProtocolFault("unknown_htype", f"unknown message type {kind!r}: ignored")
+
+    def _image(self, body: Any, out: FrameOutput, ctl: RunControl) -> None:
+        frame_id = body.get("image_id")
+        where = f"image {frame_id}"
+        if not isinstance(frame_id, int):
+            raise ProtocolFault("invalid", "image message without an integer image_id")
+        if body.get("series_id") != self.series_id:
+            raise ProtocolFault("foreign_series", f"{where} of series {body.get('series_id')} "
+                                f"during series {self.series_id}: ignored")
+        self.check_id(frame_id, where)
+        array = self._channel_array(body, frame_id)
+        typed = array.array
+        if array.shape != tuple(self.shape) or not isinstance(typed, Typed) \
+                or typed.dtype.newbyteorder("=") != self.dtype:
+            got = typed.dtype if isinstance(typed, Typed) else type(typed).__name__
+            raise ProtocolFault("wrong_size", f"{where}: array {list(array.shape)} {got}, the "
+                                f"series has {list(self.shape)} {self.dtype}", frame_id)
+        data = typed.data
+        if isinstance(data, Compressed):
+            if data.algorithm == "bslz4":
+                if data.elem_size != self.dtype.itemsize:
+                    raise ProtocolFault("invalid", f"{where}: bslz4 element size "
+                                        f"{data.elem_size}, pixels have {self.dtype.itemsize}",
+                                        frame_id)
+                payload = self.payload("bslz4", data.data, frame_id, where)
+            elif data.algorithm == "lz4":
+                try:
+                    raw = lz4_hdf5(data.data, self.frame_nbytes)
+                except ProtocolError as exc:
+                    raise ProtocolFault("corrupt", f"{where}: {exc}", frame_id) from None
+                payload = self.payload("raw", raw, frame_id, where)
+            else:
+                raise ProtocolFault("invalid", f"{where}: unsupported compression "
+                                    f"{data.algorithm!r}", frame_id)
+        else:
+            payload = self.payload("raw", data, frame_id, where)
+        others = len(body["data"]) - 1
+        if others:
+            self.errors["other_channels_not_stored"] += others
+        for name in ("start_time", "stop_time", "real_time"):
+            value = body.get(name)
+            if isinstance(value, (list, tuple)) and len(value) == 2 and value[1]:
+                self.record(f"{name}_ns", frame_id, value[0] * 1_000_000_000 // value[1])
+        self.deliver(out, ctl, frame_id, payload)

@@ -1,0 +1,121 @@
+"""DECTRIS stream v2 (CBOR) in: a sender from the spec in its own process, the real pipeline, and
+the file checked against what was sent."""
+
+from __future__ import annotations
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers filter 32008 for plain h5py reads)
+import numpy as np
+import pytest
+
+import protocol_senders
+from protocol_senders import bslz4_blob, dectris_arrays, frame
+from stream_node import ExitCode
+
+SHAPE = (48, 64)
+sender = pytest.fixture(protocol_senders._sender_fixture, name="sender")
+
+
+def run_series(node, ipc, tmp_path, sender, *sender_args, **kw):
+    return protocol_senders.run_series(node, ipc, tmp_path, sender, "stream2", "dectris2",
+                                       *sender_args, **kw)
+
+
+def sent(i: int, dtype: str = "uint16") -> np.ndarray:
+    return frame(i, SHAPE, dtype)
+
+
+def counters(run) -> dict:
+    return run.counters["reports"]["source"]["origin"]
+
+
+@pytest.mark.timeout(60)
+def test_bslz4_images_are_stored_byte_identical_with_nxmx_metadata(node, ipc, tmp_path,
+                                                                   sender):
+    code, err, run, path = run_series(node, ipc, tmp_path, sender, "--encoding", "bslz4",
+                                      "--detail", "all")
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    with h5py.File(path, "r") as f:
+        data = f["entry/data/data"]
+        for i in range(8):
+            _, chunk = data.id.read_direct_chunk((i, 0, 0))
+            assert chunk == bslz4_blob(sent(i)), f"chunk {i} was not passed through untouched"
+            assert np.array_equal(data[i], sent(i))
+        det = f["entry/instrument/detector"]
+        assert det["distance"][()] == 0.125 and det["distance"].attrs["units"] == "m"
+        assert det["x_pixel_size"][()] == 7.5e-05
+        assert det["incident_wavelength"].attrs["units"] == "angstrom"
+        assert det["threshold_energy"][()] == 6199.2
+        assert det["serial_number"][()] == b"E-32-0123"
+        arrays = dectris_arrays(SHAPE)
+        assert np.array_equal(det["flatfield"][()], arrays["flatfield"])
+        assert np.array_equal(det["pixel_mask"][()], arrays["pixel_mask"])
+        assert np.array_equal(det["countrate_correction_table"][()],
+                              arrays["countrate_correction_table"].reshape(-1))
+        times = f["entry/frames"]
+        assert times["start_time_ns"][()].tolist() == [10_000_000 * i for i in range(8)]
+        assert times["real_time_ns"][()].tolist() == [9_900_000] * 8
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("encoding", "dtype"), [("none", "uint32"), ("lz4", "uint16")])
+def test_raw_and_lz4_images_are_written_bit_exact(node, ipc, tmp_path, sender, encoding, dtype):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--encoding", encoding,
+                                   "--dtype", dtype)
+    assert code == ExitCode.OK, err
+    assert run.frames.dtype == np.dtype(dtype) and run.missing == {}
+    for i in range(8):
+        assert run.frames[i].tobytes() == sent(i, dtype).tobytes(), f"frame {i} differs"
+
+
+@pytest.mark.timeout(60)
+def test_unknown_message_type_is_counted_and_every_frame_written(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--encoding", "bslz4",
+                                   "--fault", "unknown_htype")
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    assert counters(run) == {"dectris2_unknown_htype": 1}
+    assert "unknown message type 'status'" in err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("fault", "text"), [
+    ("image_before_header", "image message (image 0) before any start message"),
+    ("second_header", "a second start message of series 7 mid-series (after 3 frames)")])
+def test_out_of_sequence_messages_are_counted_and_the_series_written(node, ipc, tmp_path,
+                                                                     sender, fault, text):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", fault)
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    assert counters(run) == {"dectris2_out_of_sequence": 1}
+    assert text in err
+
+
+@pytest.mark.timeout(60)
+def test_wrong_size_image_is_recorded_missing_with_reason(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "wrong_size")
+    assert code == ExitCode.FRAMES_MISSING, err
+    assert set(run.missing) == {3}
+    assert "dectris2: image 3: array [49, 64] uint16, the series has [48, 64]" in run.missing[3]
+    assert counters(run) == {"dectris2_wrong_size": 1}
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_bslz4_image_is_recorded_missing_with_reason(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--encoding", "bslz4",
+                                   "--fault", "corrupt_blob")
+    assert code == ExitCode.FRAMES_MISSING, err
+    assert set(run.missing) == {3}
+    assert "image 3: frame 3: corrupt bitshuffle/LZ4 blob" in run.missing[3]
+    assert counters(run) == {"dectris2_corrupt": 1}
+
+
+@pytest.mark.timeout(60)
+def test_stream_without_end_message_ends_after_the_timeout(node, ipc, tmp_path, sender):
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "no_end",
+                                   "--fault-frame", "6", timeout=1.5)
+    assert code == ExitCode.FRAMES_MISSING, err
+    assert set(run.missing) == {6, 7}
+    assert all("stopped without an end message" in r for r in run.missing.values())
+    assert counters(run) == {"dectris2_no_end": 1}
