@@ -38,7 +38,7 @@ enum { E_FREE = 0, E_OPEN = 1, E_LOST = 2, E_DONE = 3 };
 typedef struct entry {
     uint64_t frame;
     uint32_t state, slot, parts, pins, closing;
-    int64_t first_ns;      /* monotonic time of its first packet */
+    int64_t first_ns;      /* monotonic time of its first packet (frame_timeout counts from it) */
     int64_t realtime_ns;   /* wall clock of its first packet: the frame's timestamp */
     uint8_t *bits;         /* received bitmap: module * ppf + packet */
 } entry;
@@ -74,7 +74,7 @@ struct sn_udp_receiver {
     uint64_t frame_bytes, row_bytes, image_row_bytes;
     entry *table;              /* table_size entries, frame % table_size */
     uint32_t claimed;          /* slots claimed, not published */
-    int have_base, advancing;
+    int have_base, advancing, started;
     uint64_t base, low, highest;
     uint64_t frames_complete, frames_partial, frames_missing, frames_ring_full, events_lost;
     uint8_t *events;           /* queue of fixed-size records */
@@ -332,7 +332,7 @@ static void predict(module *m, uint32_t batch, int64_t now) {
     m->n_pinned = 0;
     for (uint32_t i = 0; i < batch; i++) {
         struct iovec *iov = &m->iovs[(uint64_t)i * r->iov_per_msg];
-        entry *e = m->known ? open_frame(r, f, now) : NULL;
+        entry *e = (m->known || r->cfg.first_frame) ? open_frame(r, f, now) : NULL;
         uint32_t k = m->index * ppf + p;
         if (e && e->state == E_OPEN && !bit_get(e->bits, k)) {
             uint8_t *payload = slot_payload(r, e->slot);
@@ -394,9 +394,9 @@ static void process(module *m, int n, int64_t now) {
         }
         if (!r->have_base) {
             r->have_base = 1;
-            r->base = r->cfg.first_frame ? r->cfg.first_frame : h.frame;
-            r->low = r->highest = r->base;
+            r->base = r->low = r->highest = h.frame;
         }
+        r->started = 1;
         if (m->known && h.frame + 2ull * r->cfg.window < m->last_frame) {
             m->st.restarts++;
             push_event(r, h.frame, SN_UDP_EV_RESTART, m->index, NULL);
@@ -429,7 +429,10 @@ static void process(module *m, int n, int64_t now) {
             continue;
         }
         bit_set(e->bits, k);
-        e->parts++;
+        if (e->parts++ == 0) { /* its clock starts with its first packet, not its opening */
+            e->first_ns = now;
+            e->realtime_ns = real_ns();
+        }
         if (e->state == E_LOST) {
             m->st.ring_full++;
             continue;
@@ -580,11 +583,18 @@ int sn_udp_open(sn_udp_receiver **out, const sn_udp_config *cfg, sn_ring *ring) 
     if (!r->table || !r->events) goto fail;
     for (uint32_t i = 0; i < r->table_size; i++)
         if (!(r->table[i].bits = calloc(1, r->bitmap_bytes))) goto fail;
+    if (cfg->first_frame) { /* the run's first packet is known: predicted from the start */
+        r->have_base = 1;
+        r->base = r->low = r->highest = cfg->first_frame;
+    }
     for (uint32_t i = 0; i < cfg->n_modules; i++) {
         module *m = &r->mods[i];
         m->r = r;
         m->index = i;
         m->fd = -1;
+        m->grid_row = i / cfg->grid_cols; /* until its first packet says where it is */
+        m->grid_col = i % cfg->grid_cols;
+        m->next_frame = cfg->first_frame;
         if ((rc = module_socket(r, m)) != SN_UDP_OK) {
             int saved = errno;
             r->cfg.n_modules = i + 1;
@@ -619,7 +629,7 @@ int sn_udp_stop(sn_udp_receiver *r) {
     for (int i = 0; i < r->started_threads; i++) pthread_join(r->mods[i].thread, NULL);
     r->started_threads = 0;
     pthread_mutex_lock(&r->lock);
-    if (r->have_base) {
+    if (r->started) {
         uint64_t end = r->cfg.n_frames ? r->base + r->cfg.n_frames : r->highest + 1;
         if (r->cfg.n_frames && end > r->highest + 1) r->highest = end - 1; /* never came: missing */
         advance_low(r, end);
@@ -645,7 +655,7 @@ void sn_udp_stats_get(sn_udp_receiver *r, sn_udp_stats *out) {
     out->base = r->base;
     out->low = r->low;
     out->highest = r->highest;
-    out->started = (uint32_t)r->have_base;
+    out->started = (uint32_t)r->started;
     out->done = r->cfg.n_frames && r->have_base && r->low >= r->base + r->cfg.n_frames;
     out->rcvbuf_granted = r->rcvbuf_granted;
     for (uint32_t i = 0; i < r->cfg.n_modules; i++) out->modules[i] = r->mods[i].st;

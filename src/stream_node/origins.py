@@ -97,6 +97,11 @@ class Origin(ABC):
         """What START says about where the frames come from; "detector" goes to the NXmx
         detector group of the file."""
 
+    def prepare(self, out: FrameOutput, run_id: int) -> None:  # noqa: B027  (most need nothing)
+        """Called once the output exists and before the source says it is ready: an origin
+        that listens (binds sockets) does it here, so nothing a detector sends after the
+        source's "ready" can be lost."""
+
     @abstractmethod
     def emit(self, out: FrameOutput, run_id: int, ctl: RunControl) -> Emitted:
         """Hand every frame of the run to `out`, then end it."""

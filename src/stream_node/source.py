@@ -163,6 +163,7 @@ class Source:
             raise
         try:
             self._hub = hub
+            self.origin.prepare(out, self.run_id)
             count = "?" if self.origin.count is None else self.origin.count
             log.info("source: run %#x, %s frames %s %s from %s; %s", self.run_id, count,
                      self.origin.shape, self.origin.dtype, self.cfg.origin, out.describe())

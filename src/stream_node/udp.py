@@ -184,6 +184,7 @@ class UdpOrigin(Origin):
         self.shape = self.cfg.shape
         self.dtype = self.cfg.geometry.dtype
         self.count = self.cfg.frames or None
+        self.receiver: UdpReceiver | None = None
 
     def metadata(self) -> dict[str, Any]:
         c = self.cfg
@@ -194,14 +195,22 @@ class UdpOrigin(Origin):
                              "module_packets": c.geometry.packets_per_frame,
                              "packet_payload_bytes": c.geometry.payload_bytes}}
 
-    def emit(self, out: FrameOutput, run_id: int, ctl: RunControl) -> Emitted:
+    def prepare(self, out: FrameOutput, run_id: int) -> None:
+        """Bind the ports and start receiving into the ring before the source says it is
+        ready: the ring keeps every frame until the workers take it."""
         if not isinstance(out, RingOutput):
             raise ConfigError("udp:// frames are received straight into ring slots: give the "
                               "source a ring:// data endpoint (workers forward over tcp)")
-        receiver = UdpReceiver(self.cfg, out.ring, run_id)
+        self.receiver = UdpReceiver(self.cfg, out.ring, run_id)
+        self._usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        self.receiver.start()
+        log.info("udp: receiving on %s ports %s", self.cfg.host, self.cfg.ports)
+
+    def emit(self, out: FrameOutput, run_id: int, ctl: RunControl) -> Emitted:
+        receiver = self.receiver
+        assert receiver is not None, "prepare() binds the ports first"
         done = Emitted()
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        receiver.start()
+        usage0 = self._usage0
         try:
             self._watch(receiver, done, ctl)
         finally:
@@ -226,6 +235,10 @@ class UdpOrigin(Origin):
         log.info("udp: %d frames (%d partial), %d missing, %d packets, %d moved", done.sent,
                  stats["frames_partial"], len(done.missing), totals["packets"], totals["moved"])
         return done
+
+    def close(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
 
     def _watch(self, receiver: UdpReceiver, done: Emitted, ctl: RunControl) -> None:
         """Until every frame of the run is resolved, or the detector stays silent."""
