@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="workers to wait for before frame 0")
     _frames(src, 1000)
     src.add_argument("--from", dest="origin", default="synthetic:", metavar="ORIGIN",
-                     help="synthetic: (default) or file://RUN.h5 to replay a written run")
+                     help="synthetic: (default), file://RUN.h5 (replay a written run), "
+                          "udp://HOST:PORT?modules=N&frames=N (detector UDP packets, needs "
+                          "--data ring://NAME; options in stream_node.udp), dectris+tcp://, "
+                          "dectris2+tcp://, karabo+tcp:// (detector streams)")
     src.add_argument("--recorded-rate", action="store_true",
                      help="with --from file://: send at the pace the frames were taken")
     _timing(src)
