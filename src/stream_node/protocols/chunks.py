@@ -57,6 +57,12 @@ def _walk_blocks(buf: np.ndarray, nbytes: int, block_bytes: int, elem: int) -> i
     return 0
 
 
+def _warm() -> None:
+    """Compile (or load from the cache) the block walk now, at import, never on a frame."""
+    tiny = compression.compress(np.arange(64, dtype=np.uint16))
+    _walk_blocks(tiny, 128, HEADER.unpack_from(tiny, 0)[1], 2)
+
+
 _WALK_REASONS = {-1: "a block's size field is cut off", -2: "a block runs past the end",
                  -3: "bytes after the last block do not match", -4: "an empty block"}
 
@@ -162,3 +168,6 @@ def packed_array(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
     return {"__array__": "bslz4", "dtype": array.dtype.str, "shape": list(array.shape),
             "data": compression.compress(array).tobytes()}
+
+
+_warm()
