@@ -40,6 +40,7 @@ def test_bslz4_series_is_stored_byte_identical_with_nxmx_metadata(node, ipc, tmp
         assert run.frames[i].tobytes() == sent(i).tobytes(), f"frame {i} differs"
     # Plain h5py + hdf5plugin: the chunks are the detector's bytes, the NXmx fields are there.
     with h5py.File(path, "r") as f:
+        assert f["entry"].attrs["run_id"] == 7  # the detector's series id
         data = f["entry/data/data"]
         for i in range(8):
             _, chunk = data.id.read_direct_chunk((i, 0, 0))

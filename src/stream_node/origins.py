@@ -84,6 +84,7 @@ class Origin(ABC):
     encoding: Encoding = Encoding.RAW  # BSLZ4: frames arrive compressed and pass through
     columns: tuple[str, ...] = ()  # names of the per-frame values `Emitted.per_frame` carries
     needs_ring = False  # True: frames are received straight into slots (data must be ring://)
+    series_id: int | None = None  # the detector's own id of this run: it becomes the run id
 
     @property
     def frame_bytes(self) -> int:

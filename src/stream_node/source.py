@@ -103,11 +103,14 @@ class Source:
     def __init__(self, config: SourceConfig, ctx: zmq.Context | None = None) -> None:
         self.cfg = config
         self.ctx = ctx or zmq.Context.instance()
-        self.run_id = config.run_id if config.run_id is not None else secrets.randbits(63) | 1
         self.origin = open_origin(config.origin, OriginOptions(
             frames=config.frames, shape=config.shape, dtype=config.dtype, seed=config.seed,
             rate=config.rate, recorded_rate=config.recorded_rate,
             timeout_s=config.origin_timeout_s))
+        # The detector's series id names the run (files and logs match the detector's), unless
+        # the user gave one; else a random one, so two runs never take each other's frames.
+        self.run_id = next(i for i in (config.run_id, self.origin.series_id,
+                                       secrets.randbits(63) | 1) if i)
         self.emitted = Emitted()
         self.stalls = 0
         self._hub: ControlHub | None = None
