@@ -16,6 +16,7 @@ Endpoint: `udp://HOST:PORT` with query options
     window=8         frames assembled at once      frame_timeout_ms=50  wait for late packets
     rcvbuf=64MiB     socket receive buffer (bytes) cpus=0,1  pin module threads
     batch=64         packets per recvmmsg          fill=65535  value of lost pixels
+    coalesce_us=300  nap after a call that got < batch/4 packets (fewer wake-ups per packet)
     wait_s=60        how long to wait for the first packet
 """
 
@@ -84,6 +85,7 @@ class UdpConfig:
     fill: int = 0xFFFF
     wait_s: float = 60.0
     max_events: int = 65536
+    coalesce_s: float = 300e-6
 
     @classmethod
     def from_endpoint(cls, address: str) -> UdpConfig:
@@ -106,7 +108,8 @@ class UdpConfig:
                       rcvbuf=int(q.pop("rcvbuf", 64 << 20)),
                       cpus=tuple(int(c) for c in q.pop("cpus", "").split(",") if c),
                       batch=int(q.pop("batch", 64)), fill=int(q.pop("fill", "0xffff"), 0),
-                      wait_s=float(q.pop("wait_s", 60)))
+                      wait_s=float(q.pop("wait_s", 60)),
+                      coalesce_s=float(q.pop("coalesce_us", 300)) / 1e6)
         except ValueError as exc:
             raise ConfigError(f"udp://{address}: {exc}") from None
         if q:
@@ -139,7 +142,7 @@ class UdpReceiver:
         self._native = _udp.Receiver(
             ring.handle, astuple(cfg.geometry), cfg.host, list(cfg.ports), cfg.grid,
             list(cfg.cpus), cfg.rcvbuf, cfg.frame_timeout_s, cfg.window, cfg.batch, cfg.first,
-            cfg.frames, run_id, cfg.fill, cfg.max_events)
+            cfg.frames, run_id, cfg.fill, cfg.max_events, cfg.coalesce_s)
         self._events = np.zeros(4096 * self._native.event_bytes, np.uint8)
         granted = self.stats()["rcvbuf_granted"]
         if granted < cfg.rcvbuf:

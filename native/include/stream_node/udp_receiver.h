@@ -74,6 +74,9 @@ typedef struct sn_udp_config {
     uint64_t run_id;
     uint32_t fill;                  /* value of pixels whose packet never came */
     uint32_t max_events;            /* event queue capacity (partial/missing records) */
+    int64_t coalesce_ns;            /* after a call that got under batch/4 packets, wait this
+                                       long for more (fewer wake-ups; the socket buffer must
+                                       hold that long at the line rate); 0: never */
 } sn_udp_config;
 
 enum { SN_UDP_EV_PARTIAL = 1, SN_UDP_EV_MISSING = 2, SN_UDP_EV_RING_FULL = 3,

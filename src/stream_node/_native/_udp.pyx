@@ -39,7 +39,7 @@ cdef class Receiver:
     def __cinit__(self, RingHandle ring, tuple geometry, str host, list ports, tuple grid,
                   list cpus, int64_t rcvbuf_bytes, double frame_timeout_s, uint32_t window,
                   uint32_t batch, uint64_t first_frame, uint64_t n_frames, uint64_t run_id,
-                  uint32_t fill, uint32_t max_events):
+                  uint32_t fill, uint32_t max_events, double coalesce_s):
         cdef sn_udp_config cfg
         memset(&cfg, 0, sizeof(cfg))
         if not 0 < len(ports) <= SN_UDP_MAX_MODULES:
@@ -63,6 +63,7 @@ cdef class Receiver:
         cfg.run_id = run_id
         cfg.fill = fill
         cfg.max_events = max_events
+        cfg.coalesce_ns = <int64_t>(coalesce_s * 1e9)
         self.ring = ring
         self.n_modules = cfg.n_modules
         cdef int rc = sn_udp_open(&self.r, &cfg, ring.r)

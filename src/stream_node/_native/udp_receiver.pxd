@@ -45,6 +45,7 @@ cdef extern from "stream_node/udp_receiver.h" nogil:
         uint64_t run_id
         uint32_t fill
         uint32_t max_events
+        int64_t coalesce_ns
 
     ctypedef struct sn_udp_event:
         uint64_t frame
