@@ -17,7 +17,7 @@ import numpy as np
 
 from stream_node.errors import ProtocolError
 
-_HEADER = struct.Struct(">QI")
+CHUNK_HEADER = struct.Struct(">QI")  # uncompressed bytes, block bytes (big-endian)
 _TARGET_BLOCK_BYTES = 8192  # bitshuffle's BSHUF_TARGET_BLOCK_SIZE_B
 
 
@@ -51,23 +51,42 @@ def compress(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     block = _block_elems(array.itemsize)
     body = bitshuffle.compress_lz4(array.reshape(-1), block)
-    out = np.empty(_HEADER.size + body.nbytes, np.uint8)
-    _HEADER.pack_into(out, 0, array.nbytes, block * array.itemsize)
-    out[_HEADER.size:] = body
+    out = np.empty(CHUNK_HEADER.size + body.nbytes, np.uint8)
+    CHUNK_HEADER.pack_into(out, 0, array.nbytes, block * array.itemsize)
+    out[CHUNK_HEADER.size:] = body
     return out
 
 
-def decompress(chunk: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """The frame a filter-32008 chunk holds; ProtocolError if it is not one of that shape."""
+def _codec() -> ctypes._CFuncPtr:
+    """bitshuffle's C decompressor, called through ctypes (which releases the GIL), so a frame
+    is decoded straight into a buffer made once rather than into a new array each time."""
+    fn = ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                   ctypes.c_size_t]
+    fn.restype = ctypes.c_int64
+    return fn
+
+
+_decompress_lz4 = _codec()
+
+
+def decompress(chunk: object, shape: tuple[int, ...], dtype: np.dtype,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """The frame a filter-32008 chunk holds, written into `out` (C-contiguous, of that shape
+    and dtype) when given; ProtocolError if the chunk is not one of that frame."""
     raw = np.frombuffer(chunk, np.uint8)
     dt = np.dtype(dtype)
-    if raw.nbytes < _HEADER.size:
+    if raw.nbytes < CHUNK_HEADER.size:
         raise ProtocolError(f"bitshuffle/LZ4 chunk of {raw.nbytes} bytes has no header")
-    nbytes, block_bytes = _HEADER.unpack_from(raw, 0)
+    nbytes, block_bytes = CHUNK_HEADER.unpack_from(raw, 0)
     expected = int(np.prod(shape)) * dt.itemsize
     if nbytes != expected or block_bytes % dt.itemsize:
         raise ProtocolError(f"bitshuffle/LZ4 chunk holds {nbytes} bytes in blocks of "
                             f"{block_bytes}, a {shape} {dt} frame has {expected}")
-    flat = bitshuffle.decompress_lz4(raw[_HEADER.size:], (expected // dt.itemsize,), dt,
-                                     block_bytes // dt.itemsize)
-    return flat.reshape(shape)
+    if out is None:
+        out = np.empty(shape, dt)
+    used = _decompress_lz4(raw.ctypes.data + CHUNK_HEADER.size, out.ctypes.data,
+                           expected // dt.itemsize, dt.itemsize, block_bytes // dt.itemsize)
+    if used != raw.nbytes - CHUNK_HEADER.size:
+        raise ProtocolError(f"corrupt bitshuffle/LZ4 chunk (codec returned {used})")
+    return out

@@ -126,10 +126,7 @@ class Worker:
         self.out_shape = tuple(start["shape"])
         self.out_dtype = np.dtype(start["dtype"])
         if source.get("encoding") == "bslz4":  # frames arrive compressed: kernels need pixels
-            from stream_node.protocols.chunks import decompress_into
-
             self.unpacked = np.empty(tuple(source["shape"]), np.dtype(source["dtype"]))
-            self._decompress = decompress_into
         log.info("worker %s: kernels %s ready", self.cfg.name, [k["kernel"] for k in spec])
 
     def _command(self, link: ControlLink, msg: Any) -> bool:
@@ -172,7 +169,8 @@ class Worker:
             try:
                 if header.encoding == Encoding.BSLZ4 and self.unpacked is not None:
                     # Into the buffer made at START; bitshuffle's codec runs without the GIL.
-                    pixels = self._decompress(payload, self.unpacked)
+                    pixels = compression.decompress(payload, self.unpacked.shape,
+                                                    self.unpacked.dtype, out=self.unpacked)
                 else:
                     pixels = payload_view(header, payload)
                 out = self.chain.apply(pixels, frame_id=header.frame_id)

@@ -15,11 +15,9 @@ what the file stores: those frames are decompressed here, at the origin, into ra
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from typing import Any
 
-import bitshuffle
 import lz4.block
 import numpy as np
 from numba import njit
@@ -27,7 +25,7 @@ from numba import njit
 from stream_node import compression
 from stream_node.errors import ProtocolError
 
-HEADER = struct.Struct(">QI")
+HEADER = compression.CHUNK_HEADER
 _BLOCKED_MULT = 8  # bitshuffle transposes groups of 8 elements
 
 
@@ -84,36 +82,6 @@ def check_bslz4(blob: Any, nbytes: int, itemsize: int) -> np.ndarray:
         raise ProtocolError(f"corrupt bitshuffle/LZ4 blob ({buf.nbytes} bytes): "
                             f"{_WALK_REASONS[code]}")
     return buf
-
-
-def _codec() -> ctypes.CDLL:
-    lib = ctypes.CDLL(bitshuffle.ext.__file__)
-    fn = lib.bshuf_decompress_lz4
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
-                   ctypes.c_size_t]
-    fn.restype = ctypes.c_int64
-    return fn
-
-
-_decompress_lz4 = _codec()
-
-
-def decompress_into(blob: Any, out: np.ndarray) -> np.ndarray:
-    """Decompress a filter-32008 chunk into the preallocated C-contiguous `out` (bitshuffle's C
-    codec, called through ctypes, which releases the GIL); ProtocolError if it does not fit."""
-    buf = np.frombuffer(blob, np.uint8)
-    if buf.nbytes < HEADER.size:
-        raise ProtocolError(f"bitshuffle/LZ4 chunk of {buf.nbytes} bytes has no header")
-    total, block_bytes = HEADER.unpack_from(buf, 0)
-    item = out.dtype.itemsize
-    if total != out.nbytes or block_bytes % item:
-        raise ProtocolError(f"bitshuffle/LZ4 chunk holds {total} bytes in blocks of "
-                            f"{block_bytes}, the frame has {out.nbytes}")
-    used = _decompress_lz4(buf.ctypes.data + HEADER.size, out.ctypes.data, out.size, item,
-                           block_bytes // item)
-    if used != buf.nbytes - HEADER.size:
-        raise ProtocolError(f"corrupt bitshuffle/LZ4 chunk (codec returned {used})")
-    return out
 
 
 def lz4_block(blob: Any, nbytes: int) -> bytes:

@@ -87,6 +87,7 @@ class ReceivedOrigin(Origin):
                               f"{sorted(unknown)}; known: timeout, verify, {', '.join(known)}")
         self.timeout_s = float(self.opts.get("timeout", options.timeout_s))
         self.verify = self.opts.get("verify", "structure")
+        self._scratch: np.ndarray | None = None  # verify=full decodes here, frame after frame
         if self.verify not in ("structure", "full"):
             raise ConfigError(f"{self.protocol}: verify={self.verify!r}: use structure or full")
         self.options = options
@@ -178,10 +179,12 @@ class ReceivedOrigin(Origin):
         try:
             if kind == "bslz4":
                 buf = chunks.check_bslz4(blob, nbytes, self.dtype.itemsize)
-                if self.verify == "full" or self.encoding == Encoding.RAW:
-                    out = np.empty(self.shape, self.dtype)
-                    chunks.decompress_into(buf, out)
-                    return blob if self.encoding == Encoding.BSLZ4 else out
+                if self.encoding == Encoding.RAW:  # a new array: it may be sent zero-copy
+                    return compression.decompress(buf, self.shape, self.dtype)
+                if self.verify == "full":  # decoded only to prove it decodes: one scratch
+                    if self._scratch is None:
+                        self._scratch = np.empty(self.shape, self.dtype)
+                    compression.decompress(buf, self.shape, self.dtype, out=self._scratch)
                 return blob
             size = memoryview(blob).nbytes
             if size != nbytes:
