@@ -84,6 +84,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from _format import fmt, fmt_rate  # bench/ is on sys.path when run as a script
 from stream_node.errors import EndOfStream
 from stream_node.frame import frame_header
 from stream_node.ring import Ring
@@ -731,20 +732,6 @@ def library_status(module: str) -> str | None:
         pip_name = module.replace("_", "-")
         return f"not available: {type(exc).__name__}: {exc} (pip install {pip_name})"
     return None
-
-
-def fmt_rate(x: float) -> str:
-    if math.isnan(x):
-        return "—"
-    if x >= 1e6:
-        return f"{x / 1e6:.2f} M"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f} k"
-    return f"{x:.0f}"
-
-
-def fmt(x: float, digits: int = 2) -> str:
-    return "—" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def table(rows: list[Row]) -> str:

@@ -87,6 +87,7 @@ from typing import Any
 
 import numpy as np
 
+from _format import fmt, fmt_rate  # bench/ is on sys.path when run as a script
 from stream_node import udp
 
 NATIVE = "stream-node"
@@ -459,20 +460,6 @@ def run_once(ctx: SpawnContext, kind: str, modules: int, rate: float, packets: i
     run.note = "; ".join(n for n in notes if n)
     run.ok = not res["bad"]
     return run
-
-
-def fmt_rate(x: float) -> str:
-    if math.isnan(x):
-        return "—"
-    if x >= 1e6:
-        return f"{x / 1e6:.2f} M"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f} k"
-    return f"{x:.0f}"
-
-
-def fmt(x: float, digits: int = 2) -> str:
-    return "—" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def rate_label(rate: float) -> str:
