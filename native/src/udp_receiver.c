@@ -435,15 +435,17 @@ static void process(module *m, int n, int64_t now) {
         }
         if (e->state == E_LOST) {
             m->st.ring_full++;
-            continue;
+        } else {
+            m->st.packets++;
+            m->st.bytes += g->payload_bytes;
+            uint8_t *want = row_ptr(r, slot_payload(r, e->slot), h.row, h.column, h.packet, 0);
+            if (iov[1].iov_base != want) {
+                pin(m, e); /* it must not be published before the move */
+                moves[n_moves++] = (move){(uint32_t)i, e, h.packet};
+            }
         }
-        m->st.packets++;
-        m->st.bytes += g->payload_bytes;
-        uint8_t *want = row_ptr(r, slot_payload(r, e->slot), h.row, h.column, h.packet, 0);
-        if (iov[1].iov_base != want) {
-            pin(m, e); /* it must not be published before the move */
-            moves[n_moves++] = (move){(uint32_t)i, e, h.packet};
-        }
+        /* Complete: it leaves once this batch lets go of it (pins), moves included. */
+        if (e->parts == r->total_parts) close_entry(r, e);
     }
     /* Misplaced payloads go through `stage` first: one may sit where another belongs. */
     for (uint32_t j = 0; j < n_moves; j++) {
@@ -462,13 +464,6 @@ static void process(module *m, int n, int64_t now) {
                    src + (uint64_t)q * r->row_bytes, r->row_bytes);
     }
     m->st.moved += n_moves;
-    /* Complete frames leave now (after the moves: finish waits for the pins anyway). */
-    for (int i = 0; i < n; i++) {
-        sls_header h;
-        memcpy(&h, m->headers + (uint64_t)i * SN_UDP_HEADER_BYTES, sizeof h);
-        entry *e = lookup(r, h.frame);
-        if (e && !e->closing && e->parts == r->total_parts) close_entry(r, e);
-    }
 }
 
 static void *module_main(void *arg) {

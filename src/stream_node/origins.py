@@ -14,6 +14,7 @@ Each kind registers its endpoint scheme in `ORIGINS`; the source never branches 
 
 from __future__ import annotations
 
+import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -216,31 +217,27 @@ def register_origin(scheme: str, factory: OriginFactory) -> None:
     ORIGINS[scheme] = factory
 
 
-def _load_plugins() -> None:
-    """Origins that live in their own modules register themselves when imported."""
-    import importlib
-
-    for module in ("stream_node.protocols", "stream_node.udp"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # the module exists but something it needs is missing
-                raise
+# Origins that live in their own modules register themselves when imported; a run imports
+# only the one it names (the protocols pull in cbor2, lz4 and a Numba block walk).
+PLUGINS = {"udp": "stream_node.udp", "dectris": "stream_node.protocols",
+           "dectris2": "stream_node.protocols", "karabo": "stream_node.protocols"}
 
 
 def open_origin(endpoint: str, options: OriginOptions) -> Origin:
     """The origin an endpoint names: `synthetic:`, `file://PATH`, `SCHEME://ADDRESS`, or
     `PROTOCOL+TRANSPORT://ADDRESS` (a protocol spoken over a ZeroMQ transport, e.g.
     `dectris+tcp://host:9999`; the factory gets `tcp://host:9999`)."""
-    _load_plugins()
     scheme, sep, rest = endpoint.partition("://")
     if not sep:
         scheme, sep, rest = endpoint.partition(":")
     elif "+" in scheme:
         scheme, transport = scheme.split("+", 1)
         rest = f"{transport}://{rest}"
+    if sep and scheme not in ORIGINS and scheme in PLUGINS:
+        importlib.import_module(PLUGINS[scheme])
     factory = ORIGINS.get(scheme) if sep else None
     if factory is None:
-        known = ", ".join(f"{s}://" if s != "synthetic" else "synthetic:" for s in sorted(ORIGINS))
+        known = ", ".join(f"{s}://" if s != "synthetic" else "synthetic:"
+                          for s in sorted({*ORIGINS, *PLUGINS}))
         raise ConfigError(f"unknown frame origin {endpoint!r}: use one of {known}")
     return factory(rest, options)
