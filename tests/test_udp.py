@@ -287,23 +287,31 @@ def test_bad_endpoints_are_configuration_errors():
         UdpReceiver(cfg, ring, 1)
 
 
+def start_udp_roles(node, tmp_path, origin: str):
+    """Collector, two workers on the ring, and a source receiving `origin`, as a user starts
+    them; returns when the source says every peer is ready (its ports are bound by then)."""
+    control, fanin = f"ipc://{tmp_path}/control", f"ipc://{tmp_path}/fanin"
+    ring = f"ring://udp-e2e-{os.getpid()}"
+    timing = ("--peer-timeout", "5", "--ready-timeout", "30")
+    collector = node("collector", "--control", control, "--input", fanin, "--file",
+                     str(tmp_path / "udp.h5"), "--drain-timeout", "5", *timing)
+    workers = [node("worker", "--control", control, "--input", ring, "--output", fanin,
+                    "--name", f"w{i}", "--index", str(i), *timing) for i in range(2)]
+    source = node("source", "--control", control, "--data", ring, "--workers", "2",
+                  "--from", origin, *timing)
+    wait_run_started(source)
+    return source, collector, workers
+
+
 @pytest.mark.timeout(120)
 def test_udp_source_through_workers_to_the_file(node, tmp_path):
     """The CLI as a user runs it: packets with 1 % loss and two frames that never came; the
     file holds every frame, partial ones flagged with their lost-packet bitmap, and the ledger
     names the missing ones."""
     port = free_udp_ports(1)
-    control, fanin = f"ipc://{tmp_path}/control", f"ipc://{tmp_path}/fanin"
-    ring = f"ring://udp-e2e-{os.getpid()}"
     path = tmp_path / "udp.h5"
-    timing = ("--peer-timeout", "5", "--ready-timeout", "30")
-    collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
-                     "--drain-timeout", "5", *timing)
-    workers = [node("worker", "--control", control, "--input", ring, "--output", fanin,
-                    "--name", f"w{i}", "--index", str(i), *timing) for i in range(2)]
-    source = node("source", "--control", control, "--data", ring, "--workers", "2",
-                  "--from", f"udp://127.0.0.1:{port}?frames=40&first=1", *timing)
-    wait_run_started(source)
+    source, collector, workers = start_udp_roles(
+        node, tmp_path, f"udp://127.0.0.1:{port}?frames=40&first=1")
     images, positions = module_images(GEO, 1, seed=10), default_positions(1, (1, 1))
     sched = schedule(GEO, 40, 1, first=1)
     rng = np.random.default_rng(10)
@@ -339,6 +347,28 @@ def test_udp_source_through_workers_to_the_file(node, tmp_path):
         assert parts[fid] == PPF - n_lost
         expected = expected_frame(GEO, images, positions, (1, 1), fid + 1, lost.get(fid))
         assert np.array_equal(run.frames[fid], expected), fid
+
+
+@pytest.mark.timeout(60)
+def test_detector_that_never_sends_ends_the_run_with_a_clear_error(node, tmp_path):
+    port = free_udp_ports(1)
+    source, collector, workers = start_udp_roles(
+        node, tmp_path, f"udp://127.0.0.1:{port}?frames=5&wait_s=1")
+    code, _out, err = finish(source)
+    assert code == ExitCode.PEER_TIMEOUT
+    assert f"no packet on 127.0.0.1 ports [{port}] within 1 s" in err
+    for proc in (collector, *workers):
+        assert finish(proc)[0] != ExitCode.OK  # told the run was aborted; none hangs
+
+
+def test_a_port_in_use_is_refused_by_name():
+    port = free_udp_ports(1)
+    cfg = UdpConfig.from_endpoint(f"127.0.0.1:{port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken, \
+            Ring.create(f"udpbusy-{os.getpid()}", slots=16, slot_bytes=1 << 20) as ring:
+        taken.bind(("127.0.0.1", port))
+        with pytest.raises(ConfigError, match=f"cannot bind 127.0.0.1 ports \\[{port}\\]"):
+            UdpReceiver(cfg, ring, 1)
 
 
 @pytest.mark.timeout(30)
