@@ -46,9 +46,11 @@ def node() -> Iterator[Callable[..., subprocess.Popen]]:
     """Start `python -m stream_node ARGS...` as a real process; every one is killed at teardown."""
     started: list[subprocess.Popen] = []
 
-    def start(*args: str, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    def start(*args: str, preexec_fn: Callable[[], None] | None = None,
+              prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """`prefix`: run it under a wrapper, e.g. ("ip", "netns", "exec", NS) on another host."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_node", *args],
+            [*prefix, sys.executable, "-m", "stream_node", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             preexec_fn=preexec_fn,
         )
@@ -81,3 +83,17 @@ def wait_run_started(source: subprocess.Popen) -> None:
         if "the collector ready" in line:
             return
     raise AssertionError("the source exited before the run started")
+
+
+def wait_written(status: str, n: int, timeout_s: float = 30) -> None:
+    """Block until the collector answering on `status` has written `n` frames (each question
+    waits for its answer: a poll with a deadline, not a delay)."""
+    import time
+
+    from stream_node import query_status
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if query_status([status], timeout_s=0.5)[status].get("frames", 0) >= n:
+            return
+    raise AssertionError(f"the collector did not reach {n} frames in {timeout_s} s")

@@ -39,10 +39,12 @@ def frame(i: int, shape: tuple[int, ...], dtype: str, seed: int = 1) -> np.ndarr
     return a
 
 
-def bslz4_blob(array: np.ndarray, block: int = SEND_BLOCK) -> bytes:
+def bslz4_blob(array: np.ndarray, block: int | None = None) -> bytes:
     """A bitshuffle/LZ4 blob in the HDF5 filter-32008 framing, as DECTRIS detectors send:
-    u64 BE total bytes, u32 BE block bytes, then the compressed blocks."""
+    u64 BE total bytes, u32 BE block bytes, then the compressed blocks. Blocks of `block`
+    elements (default SEND_BLOCK, which the benchmark sets to bitshuffle's own default)."""
     flat = np.ascontiguousarray(array).reshape(-1)
+    block = block or SEND_BLOCK
     body = bitshuffle.compress_lz4(flat, block)
     return struct.pack(">QI", flat.nbytes, block * flat.itemsize) + body.tobytes()
 
@@ -132,9 +134,11 @@ def dectris_blob(args: argparse.Namespace, i: int) -> bytes:
     return bslz4_blob(a)
 
 
-def dectris_image(args: argparse.Namespace, series: int, i: int) -> list[bytes]:
+def dectris_image(args: argparse.Namespace, series: int, i: int,
+                  blob: bytes | None = None) -> list[bytes]:
+    """Frame i's message; `blob` (the benchmark's, built once) instead of frame i's own."""
     y, x = args.shape
-    blob = dectris_blob(args, i)
+    blob = dectris_blob(args, i) if blob is None else blob
     if args.fault == "corrupt_blob" and i == args.fault_frame:
         blob = corrupt(blob)
     size = len(blob)
@@ -225,8 +229,9 @@ def stream2_start(args: argparse.Namespace) -> bytes:
     return stream2_message(body)
 
 
-def stream2_image(args: argparse.Namespace, i: int) -> bytes:
-    a = frame(i, args.shape, args.dtype, args.seed)
+def stream2_image(args: argparse.Namespace, i: int, a: np.ndarray | None = None) -> bytes:
+    """Image i's message; `a` (the benchmark's, built once) instead of frame i's pixels."""
+    a = frame(i, args.shape, args.dtype, args.seed) if a is None else a
     array = stream2_array(a, args.encoding)
     if args.fault == "corrupt_blob" and i == args.fault_frame:
         tag = array.value[1].value
@@ -268,9 +273,20 @@ KARABO_SOURCE = "SPB_DET_AGIPD1M-1/DET/0CH0:xtdf"
 FIRST_TRAIN = 10000
 
 
-def karabo_message(args: argparse.Namespace, i: int) -> list:
-    """One train in the karabo-bridge 2.2 format: per source a msgpack header + data pair,
-    then a header + raw bytes pair per array (as karabo_bridge's serializer makes them)."""
+def msgpack_numpy_encode(obj: object) -> object:
+    """msgpack-numpy's encoding of an array, as karabo-bridge protocol 1.0 sends them: a map
+    with byte-string keys nd, type (the dtype's str), kind, shape and data."""
+    if isinstance(obj, np.ndarray):
+        return {b"nd": True, b"type": obj.dtype.str, b"kind": b"", b"shape": obj.shape,
+                b"data": np.ascontiguousarray(obj).data}
+    if isinstance(obj, np.number):
+        return {b"nd": False, b"type": obj.dtype.str, b"data": obj.tobytes()}
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def karabo_message(args: argparse.Namespace, i: int, a: np.ndarray | None = None) -> list:
+    """One train as karabo_bridge's serializer makes it. Protocol 2.2: per source a msgpack
+    header + data pair, then a header + raw bytes pair per array; 1.0: one msgpack part."""
     import msgpack
 
     pack = msgpack.Packer(use_bin_type=True).pack
@@ -280,12 +296,19 @@ def karabo_message(args: argparse.Namespace, i: int) -> list:
     meta = {"source": KARABO_SOURCE, "timestamp": sec + frac / 1e18,
             "timestamp.sec": str(sec), "timestamp.frac": f"{frac:018d}",
             "timestamp.tid": tid, "ignored_keys": []}
-    a = frame(i, args.shape, args.dtype, args.seed)
+    a = frame(i, args.shape, args.dtype, args.seed) if a is None else a
     if args.fault == "wrong_size" and i == args.fault_frame:
         a = a[:-1]
     cell = np.arange(4, dtype=np.uint16) + i
+    data = {"header.pulseCount": 4, "image.passport": ["offset"], "detector.trainId": tid}
+    if getattr(args, "karabo_version", "2.2") == "1.0":
+        # One msgpack map of sources; each source's arrays inline (msgpack-numpy's encoding)
+        # and its metadata under "metadata" (karabo_bridge's `_serialize_old`).
+        body = {**data, "image.cellId": cell, "image.data": a, "metadata": meta}
+        return [msgpack.packb({KARABO_SOURCE: body}, use_bin_type=True,
+                              default=msgpack_numpy_encode)]
     return [pack({"source": KARABO_SOURCE, "content": "msgpack", "metadata": meta}),
-            pack({"header.pulseCount": 4, "image.passport": ["offset"], "detector.trainId": tid}),
+            pack(data),
             pack({"source": KARABO_SOURCE, "content": "array", "path": "image.cellId",
                   "dtype": str(cell.dtype), "shape": list(cell.shape)}),
             cell.data,
@@ -369,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--series", type=int, default=7)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--pattern", default="req", choices=["req", "pull", "sub"])
+    p.add_argument("--karabo-version", default="2.2", choices=["1.0", "2.2"])
     p.add_argument("--fault", default="none", choices=FAULTS)
     p.add_argument("--fault-frame", type=int, default=3)
     args = p.parse_args(argv)

@@ -29,7 +29,9 @@ from stream_node.frame import Encoding, FrameHeader, MsgType, frame_header, payl
 from stream_node.ring import Consumer, Ring, RingFrame
 from stream_node.run_file import Run, read_run
 from stream_node.source import RunSummary, Source, SourceConfig
+from stream_node.status import query_status
 from stream_node.synthetic import SyntheticDetector, stamped_id
+from stream_node.tap import subscribe
 from stream_node.transport import LinkLimits
 from stream_node.worker import Worker, WorkerConfig
 
@@ -65,7 +67,9 @@ __all__ = [
     "__version__",
     "frame_header",
     "payload_view",
+    "query_status",
     "read_run",
     "run_local_pipeline",
     "stamped_id",
+    "subscribe",
 ]

@@ -8,6 +8,7 @@ file, or when no new frame has come for `drain_timeout_s` after END: the rest ar
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from stream_node.frame import (
 )
 from stream_node.node import DropLedger
 from stream_node.run_writer import RunWriter
+from stream_node.status import serve_status
+from stream_node.tap import Tap, open_tap
 from stream_node.transport import LinkLimits, bind, data_socket, recv_parts
 
 log = logging.getLogger(__name__)
@@ -46,9 +49,14 @@ class CollectorConfig:
     ready_timeout_s: float = 30.0
     flush_interval_s: float = 1.0  # a crash loses at most this much; SWMR readers see this late
     frames_per_file: int = 0  # > 0: numbered data files of this many frames + a VDS master
+    resume: bool = False  # reopen the file of this run a collector left (it died mid-run)
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
     name: str = "collector"
+    status: str | None = None  # endpoint to answer status requests on (stream-node status)
+    metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
+    tap: str | None = None  # endpoint to publish the newest written frames on (live view)
+    tap_rate: float = 10.0  # frames/s the tap publishes at most
 
 
 class Collector:
@@ -61,13 +69,16 @@ class Collector:
         self.summary: dict[str, Any] = {}
         self._failed: dict[int, str] = {}  # index -> why a worker could not process it
         self.partial = 0  # frames written with some of their data missing (FLAG_PARTIAL)
+        self.tap: Tap | None = None
 
     def run(self) -> dict[str, Any]:
         """Collect one run; returns the summary also sent to the source in DONE."""
         cfg = self.cfg
         link = ControlLink(self.ctx, cfg.control, "collector", cfg.name, cfg.liveness)
         pull = data_socket(self.ctx, zmq.PULL, cfg.limits)
+        status = serve_status(self.ctx, cfg.status, cfg.metrics_port, self.status)
         try:
+            self.tap = open_tap(self.ctx, cfg.tap, cfg.tap_rate)
             bind(pull, cfg.input, "input")
             start = link.wait_start(cfg.ready_timeout_s)
             try:
@@ -96,10 +107,36 @@ class Collector:
                 raise
             return self.summary
         finally:
+            status.close()
+            if self.tap is not None:
+                self.tap.close()
             if self.writer is not None:
                 self.writer.close()
             pull.close(linger=0)
             link.close()
+
+    def status(self) -> dict[str, Any]:
+        """The collector's counters for `stream-node status`; called from the status thread,
+        so it only reads plain values (never the sockets or the file)."""
+        w = self.writer
+        state = ("waiting" if w is None else "done" if not w.is_open
+                 else "draining" if self.end is not None else "running")
+        written, nbytes = (w.frames_written, w.bytes_written) if w else (0, 0)
+        missing = getattr(self, "_missing_reasons", self._failed)
+        return {
+            "role": "collector", "name": self.cfg.name, "run_id": getattr(self, "_run_id", 0),
+            "state": state, "frames": written, "bytes": nbytes,
+            "frames_expected": self._count() if w else None,
+            "counters": {"frames_in": written, "bytes_in": nbytes,
+                         "bytes_stored": w.bytes_stored if w else 0,
+                         "missing": len(missing), "duplicates": w.duplicates if w else 0,
+                         "partial": self.partial},
+            "dropped": self.drops.as_dict(),
+            "tap": self.tap.counters() if self.tap else None,
+            "ring": None, "queue_depth": None,
+            "memory_bound_bytes": self.cfg.limits.bound_bytes(self._frame_bytes) if w else None,
+            "file": str(self.cfg.path),
+        }
 
     def _open(self, start: dict, run_id: int) -> None:
         self._run_id = run_id
@@ -107,6 +144,9 @@ class Collector:
         self._dtype = np.dtype(start["dtype"])
         self._dtype_code = dtype_code(self._dtype)
         self._first = int(start.get("first_frame_id", 0))
+        # Reliable mode: the source keeps each frame until told it is here (ACK).
+        self._acks: list[int] | None = (
+            [] if (start.get("dispatch") or {}).get("mode") == "credit" else None)
         self._expected = int(start.get("frames", -1))
         self._frame_bytes = int(np.prod(self._shape)) * self._dtype.itemsize
         compression = start.get("compression")
@@ -118,7 +158,7 @@ class Collector:
         self.writer = RunWriter(self.cfg.path, self._shape, self._dtype, max(self._expected, 0),
                                 self._first, metadata, self.cfg.overwrite, compression,
                                 self.cfg.frames_per_file, start.get("detector"),
-                                tuple(start.get("per_frame_columns", ())))
+                                tuple(start.get("per_frame_columns", ())), self.cfg.resume)
 
     def _collect(self, link: ControlLink, pull: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -134,6 +174,9 @@ class Collector:
                 next_flush = time.monotonic() + self.cfg.flush_interval_s
             if pull in events and not drained_sent and self._take_frames(pull):
                 last_progress = time.monotonic()
+            if self._acks:
+                link.send(MsgType.ACK, {"ids": self._acks})
+                self._acks = []
             msg = link.recv_ready() if link.sock in events else None
             if msg is not None:
                 if msg.msg_type == MsgType.END:
@@ -157,6 +200,9 @@ class Collector:
                     reason = None if complete else (
                         f"not received within the {self.cfg.drain_timeout_s:.1f} s drain timeout "
                         "after END (lost in transit or by a worker)")
+                    if reason and self.writer is not None and self.writer.resumed:
+                        reason += ("; the collector was restarted mid-run (--resume): frames "
+                                   "received after its last flush were lost with it")
                     link.send(MsgType.DRAINED, self._drain_result(reason))
                     drained_sent = True
 
@@ -186,6 +232,8 @@ class Collector:
         if header.msg_type != MsgType.FRAME:
             self.drops.drop("unexpected", f"message type {header.msg_type} on the data socket")
             return False
+        if self._acks is not None:  # sending it again would not make it better: done with it
+            self._acks.append(header.frame_id)
         if header.flags & FLAG_FAILED:
             return self._failure(header, parts[1])
         problem = self._check(header, len(parts[1]))
@@ -196,8 +244,11 @@ class Collector:
         assert self.writer is not None
         if header.flags & FLAG_PARTIAL:
             self.partial += 1
-        return self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender,
-                                 header.flags, header.parts)
+        written = self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender,
+                                    header.flags, header.parts)
+        if written and self.tap is not None:
+            self.tap.offer(parts, self._run_id)
+        return written
 
     def _failure(self, header: FrameHeader, payload: zmq.Frame) -> bool:
         """A worker could not process this frame: it is accounted for, missing with why."""
@@ -297,9 +348,22 @@ class Collector:
                 self._missing_reasons[index] = reason + note
 
     def _finish(self, link: ControlLink, early_reason: str | None, final: dict) -> None:
-        """Write the ledger and counters, close the file, and report DONE."""
+        """Write the ledger and counters, close the file, and report DONE. A signal that
+        comes meanwhile is held until the file is closed: cutting the ledger short loses it."""
         if self.writer is None or not self.writer.is_open:
             return
+        held: list[int] = []
+        previous = {s: signal.signal(s, lambda signum, _: held.append(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._write_ledger(link, early_reason, final)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+    def _write_ledger(self, link: ControlLink, early_reason: str | None, final: dict) -> None:
         if early_reason is not None:
             self._drain_result(early_reason)
         self._blame_lost_workers(final.get("workers", {}))

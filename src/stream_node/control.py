@@ -18,7 +18,7 @@ import zmq
 
 from stream_node.errors import PeerTimeout, ProtocolError
 from stream_node.frame import FrameHeader, MsgType, control_message, decode_body
-from stream_node.transport import bind, connect
+from stream_node.transport import HandshakeWatch, bind, connect
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,11 @@ class ControlLink:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, f"{role}:{name}:{os.getpid()}".encode())
         self.sock.setsockopt(zmq.LINGER, 1000)
+        self.watch = HandshakeWatch(self.sock)  # made before connect(): no event is missed
         try:
             connect(self.sock, endpoint, "source's control")
         except Exception:
+            self.watch.close()
             self.sock.close(linger=0)
             raise
         self._last_heard = time.monotonic()
@@ -199,6 +201,7 @@ class ControlLink:
         self.send(MsgType.HELLO, {"role": role, "name": name, "pid": os.getpid()})
 
     def close(self) -> None:
+        self.watch.close()
         self.sock.close(linger=1000)
 
     def send(self, msg_type: MsgType, body: Any = None) -> None:
@@ -214,7 +217,8 @@ class ControlLink:
                     f"{self.role} {self.name}: no START from the source at {self.endpoint} "
                     f"within {timeout_s:.1f} s: is the source running?"
                 )
-            msg = self.recv(left_ms)
+            self.watch.check(f"the source's control endpoint {self.endpoint}")
+            msg = self.recv(min(left_ms, 200))
             if msg is not None and msg.msg_type == MsgType.START:
                 self.run_id = msg.header.run_id
                 return msg.body

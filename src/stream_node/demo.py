@@ -36,25 +36,38 @@ def run_local_pipeline(
     ring_slots: int = 16,
     compression: str = "none",
     kernels: list[dict] | None = None,
+    live: bool = False,
+    tap: str | None = None,
 ) -> RunSummary:
     """Run synthetic source -> `workers` worker processes -> collector process -> HDF5 file.
 
     The source hands frames to the workers through a shared-memory ring (`fanout="ring"`) or an
     ipc PUSH socket (`fanout="ipc"`); the other links are ipc sockets in a private temporary
     folder, so several demos can run side by side. Every process started here is ended here.
+    `live` shows the run in the terminal (stream_node.live) while it goes; `tap` makes the
+    collector publish its newest frames there (for stream_node.subscribe).
     """
+    from stream_node.live import watching  # rich only when a demo runs
+
     liveness = liveness or Liveness()
     with tempfile.TemporaryDirectory(prefix="sn-") as tmp:
         control, fanin = f"ipc://{tmp}/control", f"ipc://{tmp}/fanin"
         fanout = f"ring://sn-{secrets.token_hex(6)}" if fanout == "ring" else f"ipc://{tmp}/fanout"
         timing = ["--peer-timeout", str(liveness.peer_timeout_s),
                   "--ready-timeout", str(ready_timeout_s)]
+        watched = {n: f"ipc://{tmp}/status-{n}" if live else None
+                   for n in ["source", "collector", *(f"w{i}" for i in range(workers))]}
+
+        def status(name: str) -> list[str]:
+            return ["--status", watched[name]] if live else []
+
         commands = [role_command("collector", "--control", control, "--input", fanin,
                                  "--file", str(output), *(["--overwrite"] if overwrite else []),
+                                 *(["--tap", tap] if tap else []), *status("collector"),
                                  *timing, log_level=log_level)]
         commands += [role_command("worker", "--control", control, "--input", fanout,
                                   "--output", fanin, "--name", f"w{i}", "--index", str(i),
-                                  *timing, log_level=log_level)
+                                  *status(f"w{i}"), *timing, log_level=log_level)
                      for i in range(workers)]
         procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL) for cmd in commands]
         try:
@@ -62,8 +75,10 @@ def run_local_pipeline(
                 control=control, data=fanout, workers=workers, frames=frames, shape=shape,
                 dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
                 liveness=liveness, ring_slots=ring_slots,
-                compression=None if compression == "none" else compression, kernels=kernels))
-            summary = source.run()
+                compression=None if compression == "none" else compression, kernels=kernels,
+                status=watched["source"]))
+            with watching(list(watched.values()) if live else []):
+                summary = source.run()
             # Ring: the frame is generated in its slot and read there; the worker copies it
             # into its message to the collector (1); the kernel copies it into and out of the
             # ipc socket and into the page cache (3). Ipc fan-out: zero-copy in user space,

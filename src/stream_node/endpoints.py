@@ -135,10 +135,20 @@ class RingOutput:
 
 
 def open_output(ctx: zmq.Context, endpoint: str, limits: LinkLimits, frame_bytes: int,
-                ring_slots: int) -> FrameOutput:
+                ring_slots: int, reliable_window: int = 0) -> FrameOutput:
+    """`reliable_window` > 0: credit-based dispatch that sends a lost worker's frames again
+    (stream_node.credit); a ring already gives a dead member's frames to another."""
     name = ring_name(endpoint)
     if name is not None:
+        if reliable_window:
+            raise ConfigError(f"reliable mode is for a ZeroMQ fan-out (tcp://, ipc://), not "
+                              f"{endpoint}: the ring already hands the frames of a dead worker "
+                              "to another")
         return RingOutput(name, ring_slots, frame_bytes)
+    if reliable_window:
+        from stream_node.credit import CreditOutput
+
+        return CreditOutput(ctx, endpoint, limits, frame_bytes, reliable_window)
     return PushOutput(ctx, endpoint, limits, frame_bytes)
 
 
@@ -227,7 +237,16 @@ class RingInput:
             self.consumer.close()
 
 
-def open_input(ctx: zmq.Context, endpoints: Sequence[str], limits: LinkLimits) -> FrameInput:
+def open_input(ctx: zmq.Context, endpoints: Sequence[str], limits: LinkLimits,
+               credit: tuple[bytes, int, int] | None = None) -> FrameInput:
+    """`credit` (identity, run id, frames): the reliable mode's end (stream_node.credit)."""
+    if credit is not None:
+        from stream_node.credit import CreditInput
+
+        if any(ring_name(e) for e in endpoints):
+            raise ConfigError("the source runs in reliable mode, which needs ZeroMQ inputs, "
+                              f"not {list(endpoints)}")
+        return CreditInput(ctx, endpoints, limits, *credit)
     names = [ring_name(e) for e in endpoints]
     if any(names):
         if len(endpoints) != 1:

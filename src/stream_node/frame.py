@@ -42,6 +42,8 @@ class MsgType(IntEnum):
     DRAINED = 8
     FINISH = 9
     DONE = 10
+    CREDIT = 11  # reliable mode, worker -> source: frame_id more frames it can take
+    ACK = 12  # reliable mode, collector -> source: the ids it has written (body)
 
 
 FLAG_PARTIAL = 1 << 0  # SN_FLAG_PARTIAL: some of the frame's data never came (filled, counted)

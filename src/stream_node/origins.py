@@ -49,6 +49,10 @@ class RunControl(Protocol):
     def stalled(self, stall: Stall) -> None:
         """The output could not take a frame: count it; raises once no consumer lives."""
 
+    @property
+    def stopping(self) -> bool:
+        """The run is being ended early on purpose (a signal): hand on no further frame."""
+
 
 @dataclass
 class Emitted:
@@ -135,6 +139,9 @@ class GeneratedOrigin(Origin):
             due = self.due_s(n, frame_id)
             if due is not None:
                 ctl.pace(t0 + due)
+            if ctl.stopping:  # the run ends with the frames sent: END says which is last
+                done.last_id = frame_id - 1
+                break
             stall = Stall()
             while (buffer := out.reserve(self.shape, self.dtype, 100)) is None:
                 ctl.stalled(stall)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,7 @@ class RunWriter:
         frames_per_file: int = 0,
         detector: dict[str, Any] | None = None,
         columns: tuple[str, ...] = (),
+        resume: bool = False,
     ) -> None:
         if compression not in (None, "none", "bslz4"):
             raise ConfigError(f"compression {compression!r}: use 'bslz4' or none")
@@ -153,9 +156,13 @@ class RunWriter:
         self._made: set[int] = set()  # data files created by this run (reopened, not refused)
         self._closed = False
         self.abandoned = False
-        self._file = self._create(self.path)
+        self.resumed = resume and self.path.exists()
+        self._file = self._reopen(self.path) if self.resumed else self._create(self.path)
         try:
-            self._layout(size, metadata or {}, detector or {})
+            if self.resumed:
+                self._load((metadata or {}).get("run_id"))
+            else:
+                self._layout(size, metadata or {}, detector or {})
             self._file.swmr_mode = True
         except BaseException:
             self._file.close()
@@ -174,6 +181,68 @@ class RunWriter:
             raise OutputExistsError(f"output file {path} exists: {exc}") from None
         except OSError as exc:
             raise StorageError(f"cannot create output file {path}: {exc}") from None
+
+    def _reopen(self, path: Path) -> h5py.File:
+        """The file of a collector that died mid-run. Its writer never closed it, so HDF5's
+        "open for writing" mark is still set; h5clear (hdf5-tools) clears it, nothing else."""
+        try:
+            return h5py.File(path, "r+", libver="latest")
+        except OSError as exc:
+            if "h5clear" not in str(exc):
+                raise StorageError(f"cannot reopen {path} to resume: {_brief(exc)}") from None
+        h5clear = shutil.which("h5clear")
+        if h5clear is None:
+            raise ConfigError(f"{path} was left open by a collector that died; resuming needs "
+                              "h5clear from hdf5-tools (apt install hdf5-tools)")
+        done = subprocess.run([h5clear, "-s", str(path)], capture_output=True, text=True)
+        if done.returncode:
+            raise StorageError(f"h5clear -s {path} failed: {done.stderr.strip()}")
+        try:
+            return h5py.File(path, "r+", libver="latest")
+        except OSError as exc:
+            raise StorageError(f"cannot reopen {path} to resume: {_brief(exc)}") from None
+
+    def _load(self, run_id: Any) -> None:
+        """Take up a run's file where its last flush left it: what it flagged received is
+        in it, everything else is still to come."""
+        entry = self._file["entry"]
+        if entry.attrs.get("run_id") != run_id:
+            raise ConfigError(f"{self.path} holds run {entry.attrs.get('run_id_hex')}, not this "
+                              f"run ({run_id:#018x}): resume only the file of the same run")
+        data = entry["data/data"]
+        if data.shape[1:] != self.frame_shape or data.dtype != self.dtype:
+            raise ConfigError(f"{self.path}: frames {data.shape[1:]} {data.dtype} differ from "
+                              f"the run's {self.frame_shape} {self.dtype}")
+        frames = entry["frames"]
+        self._rec = {name: frames[name][:].astype(dtype) for name, dtype, _ in RECORDS}
+        self._received = self._rec["received"]
+        self._dirty_lo, self._dirty_hi = self.capacity, 0
+        if self.frames_per_file:
+            n = self.frames_per_file
+            self._made = {k for k in range((self.capacity + n - 1) // n)
+                          if self._data_file_path(k).exists()}
+        else:
+            self._dset, self._dset_id = data, data.id
+        written = np.flatnonzero(self._received)
+        self.frames_written = len(written)
+        self.last_index = int(written[-1]) if len(written) else -1
+        self.bytes_written = self.frames_written * self._frame_nbytes
+        names = list(entry["stream_node/counters"].attrs["names"])
+        saved = dict(zip(names, entry["stream_node/counters"][:].tolist(), strict=True))
+        self.bytes_stored = int(saved.get("bytes_stored", self.bytes_written))
+        self.duplicates = int(saved.get("duplicates", 0))
+        self._handles(entry)
+        log.warning("resuming %s: %d frames written before the collector stopped",
+                    self.path, self.frames_written)
+
+    def _handles(self, entry: h5py.Group) -> None:
+        """Handles looked up once: flushes and finalize then cost no path lookups."""
+        frames = entry["frames"]
+        self._ds = {name: frames[name] for name in ("frame_id", *self._rec)}
+        self._ds.update({name: entry[path] for name, path in (
+            ("missing_id", "missing/frame_id"),
+            ("missing_reason", "missing/reason"), ("counters", "stream_node/counters"),
+            ("reports", "stream_node/reports"), ("end_time", "end_time"))})
 
     def _frame_dataset(self, group: h5py.Group, n: int, resizable: bool) -> h5py.Dataset:
         return group.create_dataset(
@@ -241,12 +310,7 @@ class RunWriter:
         counters.attrs["names"] = list(COUNTERS)
         node.create_dataset("reports", shape=(0,), maxshape=(None,), dtype=np.uint8,
                             chunks=(65536,))
-        # Handles looked up once: flushes and finalize then cost no path lookups.
-        self._ds = {name: frames[name] for name in ("frame_id", *self._rec)}
-        self._ds.update({name: entry[path] for name, path in (
-            ("missing_id", "missing/frame_id"),
-            ("missing_reason", "missing/reason"), ("counters", "stream_node/counters"),
-            ("reports", "stream_node/reports"), ("end_time", "end_time"))})
+        self._handles(entry)
 
     def _data_file_path(self, k: int) -> Path:
         return self.path.with_name(f"{self.path.stem}_{k + 1:06d}{self.path.suffix}")
@@ -268,7 +332,7 @@ class RunWriter:
             path = self._data_file_path(k)
             n = min(self.frames_per_file, self.capacity - k * self.frames_per_file)
             if path.exists() and k in self._made:
-                f = h5py.File(path, "r+", libver="latest")
+                f = self._reopen(path)
             else:
                 f = self._create(path)
                 self._frame_dataset(f.create_group("entry").create_group("data"), n, False)

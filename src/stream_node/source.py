@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import zmq
 
-from stream_node import __version__
+from stream_node import __version__, security
 from stream_node.control import ControlHub, Inbound, Liveness, Peer
+from stream_node.credit import CreditOutput
 from stream_node.endpoints import open_output, ring_name
 from stream_node.errors import ConfigError, ExitCode, PeerTimeout, RunAborted, StreamNodeError
 from stream_node.frame import Encoding, MsgType
 from stream_node.origins import Emitted, OriginOptions, Stall, open_origin
+from stream_node.status import counted, output_counters, serve_status
 from stream_node.transport import LinkLimits
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,15 @@ class SourceConfig:
     kernels: list[dict] | None = None  # the workers' chain, e.g. [{"kernel": "photonise", ...}]
     recorded_rate: bool = False  # file:// only: send at the pace the frames were taken
     origin_timeout_s: float = 10.0  # a detector silent this long mid-run has ended the run
+    reliable: bool = False  # credit-based dispatch: a lost worker's frames are sent again
+    credit: int = 4  # reliable mode: frames each worker may hold
+    window: int = 64  # reliable mode: frames the source keeps until the collector wrote them
+    collector_restart_s: float = 0.0  # wait this long for a lost collector to come back
     ready_timeout_s: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
+    status: str | None = None  # endpoint to answer status requests on (stream-node status)
+    metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
 
 
 @dataclass
@@ -114,6 +122,21 @@ class Source:
         self.emitted = Emitted()
         self.stalls = 0
         self._hub: ControlHub | None = None
+        self._credit: CreditOutput | None = None
+        self._stop = False  # end the run after the frame being sent (first SIGINT/SIGTERM)
+        self._emitting = False
+        self._collector_lost_at: float | None = None
+        self._end_message: tuple[dict, int] | None = None  # END again for a restarted collector
+
+    def stop(self) -> bool:
+        """End the run after the frame being sent (safe in a signal handler: it sets a flag).
+        False if the run has not started sending: there is nothing to drain, abort instead."""
+        self._stop = True
+        return self._emitting
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
 
     @property
     def sent(self) -> int:
@@ -133,6 +156,8 @@ class Source:
                 "first_frame_id": origin.first_id, **metadata,
                 "per_frame_columns": list(origin.columns),
                 "rate": c.rate, "workers": c.workers, "software_version": __version__,
+                "dispatch": {"mode": "credit", "credit": c.credit} if c.reliable else
+                {"mode": "push"},
                 "compression": "bslz4" if passthrough else (c.compression or "none")}
 
     def output_geometry(self) -> tuple[tuple[int, ...], np.dtype]:
@@ -145,10 +170,38 @@ class Source:
         return tuple(chain.out_shape), np.dtype(chain.out_dtype)
 
     def run(self) -> RunSummary:
+        status = serve_status(self.ctx, self.cfg.status, self.cfg.metrics_port, self.status)
         try:
             return self._run()
         finally:
+            status.close()
             self.origin.close()
+
+    def status(self) -> dict[str, Any]:
+        """The source's counters for `stream-node status`; called from the status thread, so
+        it only reads plain values (never the sockets)."""
+        out, hub = getattr(self, "_out", None), self._hub
+        emitted = self.emitted.last_id >= 0 or self.emitted.sent > 0
+        counters = output_counters(out, self.origin.frame_bytes)
+        if emitted:
+            counters.update(frames_out=self.sent)
+        state = ("draining" if emitted else "running" if counters["frames_out"]
+                 else "waiting")
+        limits = self.cfg.limits
+        return {
+            "role": "source", "name": "source", "run_id": self.run_id, "state": state,
+            "frames": counters["frames_out"], "bytes": counters["bytes_out"],
+            "frames_expected": self.origin.count,
+            "counters": {"frames_out": counters["frames_out"], "bytes_out": counters["bytes_out"],
+                         "stalls": self.stalls},
+            "dropped": {}, "ring": counters["ring"], "queue_depth": None,
+            "workers_ready": sum(p.ready for p in list(hub.peers.values()) if
+                                 p.role == "worker") if hub else 0,
+            "memory_bound_bytes": None if out is None else (
+                (out.ring.slots + 3) * out.ring.slot_bytes if counters["ring"]
+                else limits.bound_bytes(self.origin.frame_bytes)),
+            "memory_bound": None if out is None else out.describe(),
+        }
 
     def _run(self) -> RunSummary:
         if self.origin.needs_ring and ring_name(self.cfg.data) is None:
@@ -156,8 +209,9 @@ class Source:
                               f"slots, so the data endpoint must be ring://NAME, not "
                               f"{self.cfg.data} (workers then forward over tcp)")
         # The data output exists before the hub answers HELLO, so a worker told START finds it.
-        out = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.origin.frame_bytes,
-                          self.cfg.ring_slots)
+        raw = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.origin.frame_bytes,
+                          self.cfg.ring_slots, self.cfg.window if self.cfg.reliable else 0)
+        out = self._out = counted(raw)
         try:
             hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
                              self.cfg.liveness)
@@ -166,12 +220,16 @@ class Source:
             raise
         try:
             self._hub = hub
+            if isinstance(raw, CreditOutput):
+                self._credit = raw
+                raw.attach_control(self.run_id, hub.sock, lambda: self._handle(hub, hub.poll(0)))
             self.origin.prepare(out, self.run_id)
             count = "?" if self.origin.count is None else self.origin.count
             log.info("source: run %#x, %s frames %s %s from %s; %s", self.run_id, count,
                      self.origin.shape, self.origin.dtype, self.cfg.origin, out.describe())
             self._wait_ready(hub)
             t0 = time.monotonic()
+            self._emitting = True
             self.emitted = self.origin.emit(out, self.run_id, self)
             return self._end(hub, t0)
         except (StreamNodeError, KeyboardInterrupt) as exc:
@@ -205,21 +263,28 @@ class Source:
     # -- RunControl: what the origin asks while it emits -------------------------------------
 
     def poll(self) -> None:
-        assert self._hub is not None
-        self._handle(self._hub, self._hub.poll(0))
+        self._tick(0)
 
     def pace(self, due: float) -> None:
         """Wait until `due` while answering control messages (the wait is the rate limit)."""
-        assert self._hub is not None
-        while (left := due - time.monotonic()) > 0:
-            self._handle(self._hub, self._hub.poll(int(left * 1000)))
+        while (left := due - time.monotonic()) > 0 and not self._stop:
+            self._tick(int(left * 1000))
+
+    def _tick(self, timeout_ms: int) -> None:
+        """Wait up to `timeout_ms` for control messages (and, in reliable mode, credits)."""
+        hub = self._hub
+        assert hub is not None
+        if self._credit is not None:
+            self._credit.wait(timeout_ms)  # calls _handle for the control channel
+        else:
+            self._handle(hub, hub.poll(timeout_ms))
 
     def stalled(self, stall: Stall) -> None:
         """No worker can take a frame: count it, keep control alive, give up once none lives."""
         hub = self._hub
         assert hub is not None
         self.stalls += 1
-        self._handle(hub, hub.poll(0))
+        self._tick(0)
         timeout = self.cfg.liveness.peer_timeout_s
         if time.monotonic() - stall.since < timeout:
             return
@@ -229,17 +294,48 @@ class Source:
                               f"alive ({len(workers)} known): frames {self.sent}.. not sent")
 
     def _handle(self, hub: ControlHub, msgs: list[Inbound]) -> None:
+        if self._credit is not None:
+            self._credit.workers_lost([p.identity for p in hub.lost("worker")])
         for msg in msgs:
+            if msg.msg_type == MsgType.ACK and self._credit is not None:
+                self._credit.acked(msg.body.get("ids", ()))
             if msg.msg_type == MsgType.ABORT:
                 assert msg.peer is not None
                 exc = RunAborted(f"{msg.peer.role} {msg.peer.name} aborted the run: "
                                  f"{msg.body.get('reason')}")
                 exc.exit_code = ExitCode(msg.body.get("exit_code", ExitCode.ABORTED))
                 raise exc
+            if (msg.msg_type == MsgType.READY and msg.peer is not None
+                    and msg.peer.role == "collector"):
+                self._collector_back(hub, msg.peer)
+        self._collector_lost(hub)
+
+    def _collector_lost(self, hub: ControlHub) -> None:
+        """A lost collector ends the run, unless one may come back (`collector_restart_s`):
+        frames then wait in the workers (backpressure) until it has reopened the file."""
+        restart = self.cfg.collector_restart_s
         for peer in hub.lost("collector"):
             how = "disconnected" if peer.unreachable else (
                 f"silent for more than {self.cfg.liveness.peer_timeout_s:.1f} s")
-            raise PeerTimeout(f"source: collector {peer.name} {how}: the run cannot be written")
+            if restart <= 0:
+                raise PeerTimeout(f"source: collector {peer.name} {how}: the run cannot be "
+                                  "written")
+            log.warning("source: collector %s %s: waiting up to %.1f s for a collector to "
+                        "resume the run", peer.name, how, restart)
+            del hub.peers[peer.identity]
+            self._collector_lost_at = time.monotonic()
+        if (self._collector_lost_at is not None
+                and time.monotonic() - self._collector_lost_at > restart):
+            raise PeerTimeout(f"source: no collector resumed the run within {restart:.1f} s "
+                              "of losing it")
+
+    def _collector_back(self, hub: ControlHub, peer: Peer) -> None:
+        if self._collector_lost_at is not None:
+            log.warning("source: collector %s resumed the run", peer.name)
+            self._collector_lost_at = None
+        if self._end_message is not None:  # it came after END: it must hear it too
+            body, frame_id = self._end_message
+            hub.send(peer, MsgType.END, body, frame_id)
 
     def _await(self, hub: ControlHub, done: Callable[[], bool], timeout_s: float | None,
                explain: Callable[[ControlHub], str] | None = None) -> None:
@@ -248,7 +344,7 @@ class Source:
             if deadline is not None and time.monotonic() > deadline:
                 what = explain(hub) if explain else "no answer"
                 raise PeerTimeout(f"source: timed out after {timeout_s:.1f} s: {what}")
-            self._handle(hub, hub.poll(100))
+            self._tick(100)
 
     # -- end ---------------------------------------------------------------------------------
 
@@ -256,14 +352,20 @@ class Source:
         # The run's last id is what was planned (or seen), so frames never sent count missing.
         done = self.emitted
         last = done.last_id if self.sent or done.missing else self.origin.first_id - 1
-        hub.broadcast(MsgType.END, {"last_frame_id": last, "frame_count": self.sent,
-                                    "missing": done.missing, "partial": done.partial,
-                                    "per_frame": done.per_frame,
-                                    "origin": done.counters},
-                      frame_id=max(last, 0))
-        collector = hub.peers_of("collector")[0]
+        self._end_message = ({"last_frame_id": last, "frame_count": self.sent,
+                              "missing": done.missing, "partial": done.partial,
+                              "per_frame": done.per_frame, "origin": done.counters},
+                             max(last, 0))
+        hub.broadcast(MsgType.END, *self._end_message)
+        log.info("source: END sent: last frame %d, %d frames sent", last, self.sent)
+
+        def current() -> Peer | None:  # the collector may have been restarted meanwhile
+            return next((p for p in hub.peers_of("collector") if p.ready), None)
+
         # The collector bounds this wait with its drain timeout; its heartbeats keep it alive.
-        self._await(hub, lambda: collector.final is not None, None)
+        self._await(hub, lambda: (c := current()) is not None and c.final is not None, None)
+        collector = current()
+        assert collector is not None
         collector.final = None
         workers = [p for p in hub.peers_of("worker") if p.ready]
         hub.broadcast(MsgType.FINISH, role="worker")
@@ -280,7 +382,12 @@ class Source:
         return self._summary(collector, reports, time.monotonic() - t0)
 
     def _report(self) -> dict[str, Any]:
-        return {"frames_sent": self.sent, "stalls": self.stalls, "origin": self.emitted.counters}
+        report = {"frames_sent": self.sent, "stalls": self.stalls,
+                  "origin": self.emitted.counters, "refused_peers": security.refused()}
+        if self._credit is not None:
+            report["redispatched"] = self._credit.redispatched
+            report["rejected"] = self._credit.rejected
+        return report
 
     def _summary(self, collector: Peer, reports: dict, seconds: float) -> RunSummary:
         c = collector.final or {}

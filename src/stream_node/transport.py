@@ -14,8 +14,11 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from stream_node import security
 from stream_node.errors import ConfigError, PeerTimeout
 
+_REFUSED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 # Below this size pyzmq's own copy is cheaper than the bookkeeping of a zero-copy send.
 ZERO_COPY_THRESHOLD = 65536
 MiB = 1 << 20
@@ -94,9 +97,21 @@ class HandshakeWatch:
     """
 
     def __init__(self, sock: zmq.Socket) -> None:
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | _REFUSED)
         self._sock = sock
         self.connected = 0
+
+    def _event(self, what: str) -> None:
+        event = recv_monitor_message(self._monitor)
+        if event["event"] & _REFUSED:
+            raise ConfigError(f"{what} refused the connection (CURVE handshake failed: this "
+                              "node's keys are not the topology's; see --keys)")
+        self.connected += 1
+
+    def check(self, what: str) -> None:
+        """Raise at once if a handshake was refused (without waiting for anything)."""
+        while self._monitor.poll(0):
+            self._event(what)
 
     def wait(self, expected: int, timeout_s: float, what: str,
              meanwhile: Callable[[], None] | None = None) -> None:
@@ -110,8 +125,7 @@ class HandshakeWatch:
                     f"({self.connected}/{expected} up): is it running and reachable?"
                 )
             if self._monitor.poll(min(left_ms, 100)):
-                recv_monitor_message(self._monitor)
-                self.connected += 1
+                self._event(what)
             elif meanwhile is not None:
                 meanwhile()
 
@@ -120,8 +134,11 @@ class HandshakeWatch:
         self._monitor.close(linger=0)
 
 
-def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
-    """Bind, turning ZeroMQ's terse errors into a ConfigError that names the endpoint's role."""
+def bind(sock: zmq.Socket, endpoint: str, what: str, secure: bool = True) -> None:
+    """Bind, turning ZeroMQ's terse errors into a ConfigError that names the endpoint's role.
+    `secure`: with --keys, accept only the topology's nodes (read-only taps opt out)."""
+    if secure:
+        security.as_server(sock)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
@@ -130,6 +147,7 @@ def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
 
 
 def connect(sock: zmq.Socket, endpoints: str | Sequence[str], what: str) -> None:
+    security.as_client(sock)
     for endpoint in [endpoints] if isinstance(endpoints, str) else endpoints:
         try:
             sock.connect(endpoint)

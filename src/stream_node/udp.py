@@ -223,7 +223,7 @@ class UdpOrigin(Origin):
         stats = receiver.stats()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         done.sent = stats["frames_complete"] + stats["frames_partial"]
-        if self.cfg.frames:
+        if self.cfg.frames and not ctl.stopping:
             done.last_id = self.cfg.frames - 1
         else:
             done.last_id = stats["highest"] - stats["base"] if stats["started"] else -1
@@ -250,6 +250,8 @@ class UdpOrigin(Origin):
         while True:
             ctl.pace(time.monotonic() + 0.05)  # answers control while waiting
             self._take(receiver, done)
+            if ctl.stopping:  # ended on purpose: the run is what arrived until now
+                return
             stats = receiver.stats()
             if stats["done"]:
                 return

@@ -29,6 +29,7 @@ from stream_node.frame import (
     reencoded,
 )
 from stream_node.node import WARN_LIMIT, DropLedger
+from stream_node.status import serve_status
 from stream_node.transport import HandshakeWatch, LinkLimits, connect, data_socket, send_frame
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class WorkerConfig:
     ready_timeout_s: float = 30.0
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
+    status: str | None = None  # endpoint to answer status requests on (stream-node status)
+    metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
 
 
 class Worker:
@@ -66,17 +69,41 @@ class Worker:
             report["kernels"] = self.chain.counters
         return report
 
+    def status(self) -> dict[str, Any]:
+        """The worker's counters for `stream-node status`; called from the status thread, so
+        it only reads plain values (never the sockets)."""
+        link = getattr(self, "_link", None)
+        run_id = link.run_id if link is not None else 0
+        handled = self.frames + self.failed
+        state = "waiting" if not run_id or not handled else "running"
+        return {
+            "role": "worker", "name": self.cfg.name, "run_id": run_id, "state": state,
+            "frames": self.frames, "bytes": self.bytes, "frames_expected": None,
+            "counters": {"frames_in": handled + sum(self.drops.as_dict().values()),
+                         "frames_out": self.frames, "bytes_out": self.bytes,
+                         "stalls": self.stalls, "failed": self.failed},
+            "dropped": self.drops.as_dict(), "ring": None, "queue_depth": None,
+            "memory_bound_bytes": None,
+        }
+
     def run(self) -> dict[str, Any]:
         """Serve one run until the source says FINISH; returns this worker's counters."""
         cfg = self.cfg
-        link = ControlLink(self.ctx, cfg.control, "worker", cfg.name, cfg.liveness)
+        link = self._link = ControlLink(self.ctx, cfg.control, "worker", cfg.name, cfg.liveness)
         push = data_socket(self.ctx, zmq.PUSH, cfg.limits)
+        status = serve_status(self.ctx, cfg.status, cfg.metrics_port, self.status)
         watch_out = HandshakeWatch(push)
         inp: FrameInput | None = None
         try:
-            inp = open_input(self.ctx, cfg.inputs, cfg.limits)
             connect(push, cfg.output, "collector's input")
             start = link.wait_start(cfg.ready_timeout_s)
+            # Opened after START: the source says how frames are dispatched.
+            dispatch = start.get("dispatch") or {}
+            credit = None
+            if dispatch.get("mode") == "credit":
+                identity = link.sock.getsockopt(zmq.ROUTING_ID)
+                credit = (identity, link.run_id, int(dispatch.get("credit", 4)))
+            inp = open_input(self.ctx, cfg.inputs, cfg.limits, credit)
             self.compress = start.get("compression") == "bslz4"
             if self.compress:  # parallelism comes from the worker processes, not codec threads
                 compression.set_codec_threads(1)
@@ -89,10 +116,12 @@ class Worker:
             inp.wait_ready(cfg.ready_timeout_s, listen)
             watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}", listen)
             link.send(MsgType.READY)
-            log.info("worker %s: run %#x ready", cfg.name, link.run_id)
+            log.info("worker %s: run %#x ready; per link %s", cfg.name, link.run_id,
+                     cfg.limits.describe(max(self._frame_bytes(start), 1)))
             self._serve(link, inp, push)
             return self.report()
         finally:
+            status.close()
             if inp is not None:
                 inp.close()
             watch_out.close()
@@ -112,6 +141,13 @@ class Worker:
             if link.sock.poll(0) and self._command(link, link.recv_ready()):
                 return
             link.tick()
+
+    @staticmethod
+    def _frame_bytes(start: dict) -> int:
+        """The largest frame this worker handles: what it receives or what it sends on."""
+        source = start.get("input") or start
+        return max(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize
+                   for s in (source, start))
 
     def _setup_kernels(self, start: dict) -> None:
         """Build the run's kernel chain before READY: every kernel compiled, every buffer

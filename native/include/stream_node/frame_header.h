@@ -54,7 +54,9 @@ typedef enum sn_msg_type {
     SN_MSG_DRAINED = 8,   /* collector -> hub: every frame up to END accounted for */
     SN_MSG_FINISH = 9,    /* hub -> peer: the run is over, report and exit */
     SN_MSG_DONE = 10,     /* peer -> hub: final counters */
-    SN_MSG_TYPE_MAX = 10
+    SN_MSG_CREDIT = 11,   /* worker -> dispatcher (reliable mode): frame_id = frames it can take */
+    SN_MSG_ACK = 12,      /* collector -> hub (reliable mode): body lists the ids written */
+    SN_MSG_TYPE_MAX = 12
 } sn_msg_type;
 
 typedef enum sn_dtype {

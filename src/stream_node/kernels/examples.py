@@ -10,6 +10,9 @@ built.
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 from numba import njit
 
@@ -30,3 +33,10 @@ def zero_below(frame: np.ndarray, out: np.ndarray, low: float = 0.0) -> int:
         zeroed += below
         o[i] = 0 if below else f[i]
     return zeroed
+
+
+def delay(frame: np.ndarray, out: np.ndarray, seconds: float = 0.0) -> None:
+    """out = frame after `seconds` (or $STREAM_NODE_EXAMPLE_DELAY_S in this worker): a worker
+    made slow on purpose, to test and measure what one slow worker does to a run."""
+    time.sleep(seconds or float(os.environ.get("STREAM_NODE_EXAMPLE_DELAY_S", 0)))
+    out[...] = frame

@@ -5,7 +5,8 @@ A message is one train. Protocol 2.2: a multipart message of (header, data) pair
 msgpack header `{"source", "content": "msgpack", "metadata": {..., "timestamp.tid"}}` with the
 source's non-array data as a msgpack map, then per array a header `{"source", "content": "array",
 "path", "dtype", "shape"}` and the raw array bytes (taken here without a copy). Protocol 1.0: one
-msgpack map of sources whose arrays are msgpack-numpy maps; read too.
+msgpack part, a map of sources, each with its metadata under "metadata" and its arrays inline in
+msgpack-numpy's encoding (byte-string keys; msgpack hands the array bytes over as a copy).
 
 Options: `?pattern=req` (default: send `next`, get one train: the bridge's REQ/REP), `pull`, or
 `sub` (the bridge's PUSH or PUB); `?source=NAME` and `?path=KEY` choose the array that becomes
@@ -42,10 +43,20 @@ def _unpack(data: Any) -> Any:
 
 
 def _nd(obj: dict) -> Any:
-    """msgpack-numpy's array encoding (protocol 1.0): {"nd": True, "type", "shape", "data"}."""
-    if obj.get("nd") is True and "data" in obj:
-        return np.frombuffer(obj["data"], np.dtype(obj["type"])).reshape(obj["shape"])
-    return obj
+    """msgpack-numpy's encoding (protocol 1.0): an array is a map with byte-string keys
+    `{b"nd": True, b"type": "<u2", b"kind": b"", b"shape": [...], b"data": bytes}`, a numpy
+    scalar `{b"nd": False, b"type", b"data"}`. Structured arrays (kind b"V") stay maps."""
+    nd = obj.get(b"nd")
+    if nd is None or b"data" not in obj or obj.get(b"kind", b"") != b"":
+        return obj
+    try:
+        dtype = np.dtype(obj[b"type"])
+        if nd is True:
+            return np.frombuffer(obj[b"data"], dtype).reshape(obj[b"shape"])
+        return np.frombuffer(obj[b"data"], dtype)[0]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ProtocolError(f"msgpack-numpy array {obj.get(b'type')} {obj.get(b'shape')} does "
+                            f"not fit its data ({exc})") from None
 
 
 class Train:

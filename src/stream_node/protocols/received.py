@@ -15,6 +15,7 @@ import logging
 import time
 from abc import abstractmethod
 from collections import Counter
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -102,7 +103,6 @@ class ReceivedOrigin(Origin):
         self.sock = self.ctx.socket(self.socket_type)
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self._scratch: np.ndarray | None = None
         try:
             self._connect()
         except BaseException:
@@ -118,6 +118,10 @@ class ReceivedOrigin(Origin):
     # -- receiving ---------------------------------------------------------------------------
 
     def recv(self, timeout_ms: int) -> list[zmq.Frame] | None:
+        try:  # a detector streaming has the next message waiting: no poll call for it
+            return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
         if not self.sock.poll(timeout_ms):
             return None
         return self.sock.recv_multipart(copy=False)
@@ -159,7 +163,7 @@ class ReceivedOrigin(Origin):
 
     # -- frames --------------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def frame_nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
@@ -246,6 +250,10 @@ class ReceivedOrigin(Origin):
             if now >= next_poll:
                 ctl.poll()
                 next_poll = now + 0.1
+            if ctl.stopping:  # ended on purpose: the run is what arrived until now
+                self.count = None
+                end = SeriesOver("not received: the run was stopped before it came")
+                break
             if pending:
                 parts: list[Any] | None = pending.pop(0)
             else:

@@ -6,7 +6,9 @@ RFC 8746 multi-dimensional arrays (tag 40: `[[y, x], typed array]`, row-major) o
 (tags 64-87 over a byte string); a compressed byte string is DECTRIS tag 56500
 `["bslz4", element size, chunk]` (bitshuffle/LZ4, HDF5 filter-32008 framing: passed through to
 the file untouched) or `["lz4", 0, data]` (HDF5 LZ4 filter framing: decompressed here).
-Decoding is cbor2's; this module only gives the tags their meaning.
+Decoding is cbor2's; this module gives the tags their meaning and keeps the pixel data where it
+arrived: the byte strings of typed arrays and compressed data are slices of the ZeroMQ message,
+not copies (see `decode`).
 
 One channel becomes the run's frames (`?channel=NAME`, default the first of `channels`); the others
 are counted, not stored. `image_id` becomes the frame id, `series_id` the run's `series_id`, the
@@ -18,11 +20,13 @@ silence timeout) and emits it first.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import cbor2
 import numpy as np
 import zmq
+from numba import njit
 
 from stream_node.endpoints import FrameOutput
 from stream_node.errors import ProtocolError
@@ -72,13 +76,13 @@ def typed_dtype(tag: int) -> np.dtype | None:
 class Compressed:
     algorithm: str
     elem_size: int
-    data: bytes
+    data: Any  # bytes, or a memoryview slice of the message
 
 
 @dataclass
 class Typed:
     dtype: np.dtype
-    data: Any  # bytes or Compressed
+    data: Any  # bytes, a memoryview slice of the message, or Compressed
 
 
 @dataclass
@@ -87,20 +91,111 @@ class MultiDim:
     array: Any  # Typed (or a plain CBOR array)
 
 
-def _tag_hook(*args: Any) -> Any:
-    """cbor2's tag hook: called as (decoder, tag) by cbor2 5 and (tag, immutable) by cbor2 6."""
+LARGE = 4096  # byte strings this long are sliced from the message, never copied
+MAX_LARGE = 64  # at most this many per message are sliced; a message with more is copied
+_PLACEHOLDER = b"\x00sn-large%02d"  # 11 bytes: a CBOR byte string of 1-byte head 0x4b
+
+
+@njit(cache=True, nogil=True)
+def _large_strings(buf: np.ndarray, threshold: int, out: np.ndarray) -> int:
+    """Where the definite-length byte strings of at least `threshold` bytes lie in one CBOR item:
+    rows (head offset, data offset, length) in `out`; returns how many, or a negative number if
+    the item is cut short (-1), malformed (-2), nested too deep (-3) or has too many (-4).
+
+    Only the heads are read (major type and length, RFC 8949 section 3): enough to step over
+    every item. Decoding stays cbor2's; this only finds what it should not copy."""
+    n = buf.shape[0]
+    left = np.empty(64, np.int64)  # items still to read per open container; -1: indefinite
+    depth, left[0], pos, found = 0, 1, 0, 0
+    while depth >= 0:
+        if left[depth] == 0:
+            depth -= 1
+            continue
+        if pos >= n:
+            return -1
+        head = pos
+        major, info = buf[pos] >> 5, buf[pos] & 31
+        pos += 1
+        if major == 7 and info == 31:  # "break": ends the innermost indefinite container
+            if left[depth] != -1:
+                return -2
+            depth -= 1
+            continue
+        if left[depth] > 0:
+            left[depth] -= 1
+        arg = np.int64(-1)
+        if info < 24:
+            arg = np.int64(info)
+        elif info < 28:
+            size = 1 << (info - 24)
+            if pos + size > n:
+                return -1
+            arg = np.int64(0)
+            for k in range(size):
+                arg = (arg << 8) | np.int64(buf[pos + k])
+            pos += size
+            if arg < 0:
+                return -2
+        elif info != 31 or major in (0, 1, 6, 7):
+            return -2
+        if major in (0, 1, 7):
+            continue
+        if major in (2, 3) and arg >= 0:
+            if major == 2 and arg >= threshold:
+                if found == out.shape[0]:
+                    return -4
+                out[found, 0], out[found, 1], out[found, 2] = head, pos, arg
+                found += 1
+            pos += arg
+            if pos > n:
+                return -1
+            continue
+        if depth + 1 == left.shape[0]:
+            return -3
+        depth += 1
+        if arg < 0:
+            left[depth] = -1  # indefinite string (its chunks), array or map
+        elif major == 4:
+            left[depth] = arg
+        elif major == 5:
+            left[depth] = 2 * arg
+        else:  # a tag: one item follows
+            left[depth] = 1
+    return found
+
+
+class _Slices(dict):
+    """Placeholder -> the slice of the message it stands for; `used` those the hook took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used: set[bytes] = set()
+
+    def take(self, value: Any) -> Any:
+        if value in self:
+            self.used.add(value)
+            return self[value]
+        return value
+
+
+def _tag_hook(large: _Slices, *args: Any) -> Any:
+    """cbor2's tag hook: called as (decoder, tag) by cbor2 5 and (tag, immutable) by cbor2 6.
+    `large` maps the placeholders `decode` put in the message to the slices they stand for."""
     tag = next(a for a in args if isinstance(a, cbor2.CBORTag))
     if tag.tag == COMPRESSED:
         value = tag.value
         if (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
                 and isinstance(value[2], bytes)):
-            return Compressed(value[0], int(value[1]), value[2])
+            return Compressed(value[0], int(value[1]), large.take(value[2]))
         raise ValueError("tag 56500 is not [algorithm, modifier, bytes]")
     dtype = typed_dtype(tag.tag)
     if dtype is not None:
-        if not isinstance(tag.value, (bytes, Compressed)):
+        value = tag.value
+        if isinstance(value, bytes):
+            return Typed(dtype, large.take(value))
+        if not isinstance(value, Compressed):
             raise ValueError(f"typed array tag {tag.tag} over a non-byte string")
-        return Typed(dtype, tag.value)
+        return Typed(dtype, value)
     if tag.tag == MULTI_DIM:
         value = tag.value
         if not (isinstance(value, (list, tuple)) and len(value) == 2
@@ -110,9 +205,34 @@ def _tag_hook(*args: Any) -> Any:
     return tag
 
 
+_where = np.empty((MAX_LARGE, 3), np.int64)  # `decode`'s scratch (one origin per process)
+
+
 def decode(message: Any) -> dict:
+    """A message as cbor2 decodes it, except that the byte strings of typed arrays and
+    compressed data are read-only slices of `message` (no copy: cbor2 copies every byte string
+    it decodes). Each large byte string is swapped for a short placeholder in a small copy of
+    the message, which cbor2 decodes; the tag hook swaps the slices back in. A large byte string
+    outside those tags (user data) makes the message go to cbor2 whole instead."""
+    buf = np.frombuffer(message, np.uint8)
+    count = _large_strings(buf, LARGE, _where)
+    large = _Slices()
+    small: Any = message
+    if count > 0:
+        view = memoryview(buf)
+        pieces, pos = [], 0
+        for i in range(count):
+            head, start, length = (int(v) for v in _where[i])
+            mark = _PLACEHOLDER % i
+            pieces += [view[pos:head], b"\x4b", mark]
+            large[mark] = view[start:start + length]
+            pos = start + length
+        pieces.append(view[pos:])
+        small = b"".join(pieces)
     try:
-        body = cbor2.loads(message, tag_hook=_tag_hook)
+        body = cbor2.loads(small, tag_hook=partial(_tag_hook, large))
+        if len(large.used) != len(large):  # a placeholder outside typed arrays: no slicing
+            body = cbor2.loads(message, tag_hook=partial(_tag_hook, _Slices()))
     except Exception as exc:  # cbor2 raises several types for malformed input
         raise ProtocolFault("undecodable", f"undecodable CBOR message ({exc})") from None
     if isinstance(body, cbor2.CBORTag) and body.tag == 55799:  # self-described CBOR
@@ -302,3 +422,11 @@ class Stream2Origin(ReceivedOrigin):
             if isinstance(value, (list, tuple)) and len(value) == 2 and value[1]:
                 self.record(f"{name}_ns", frame_id, value[0] * 1_000_000_000 // value[1])
         self.deliver(out, ctl, frame_id, payload)
+
+
+def _warm() -> None:
+    """Compile (or load from the cache) the head walk now, at import, never on a frame."""
+    _large_strings(np.frombuffer(cbor2.dumps({"a": b"x" * 8}), np.uint8), 4, _where)
+
+
+_warm()
