@@ -28,7 +28,7 @@ import zmq
 
 SEND_BLOCK = 1024  # bitshuffle block (elements) of the sent blobs
 FAULTS = ("none", "unknown_htype", "image_before_header", "second_header", "wrong_size",
-          "corrupt_blob", "no_end", "skip_train")
+          "corrupt_blob", "no_end", "skip_train", "bad_hash")
 
 
 def frame(i: int, shape: tuple[int, ...], dtype: str, seed: int = 1) -> np.ndarray:
@@ -101,7 +101,9 @@ def dectris_config(args: argparse.Namespace) -> dict:
 
 def dectris_arrays(shape: tuple[int, int]) -> dict[str, np.ndarray]:
     y, x = shape
-    flat = np.linspace(0.9, 1.1, y * x, dtype=np.float32).reshape(y, x)
+    # Per-pixel gains like a real flatfield: noise, which compresses poorly (a 4M-pixel
+    # detector's flatfield stays about 16 MiB in the run's START message).
+    flat = (1 + 0.05 * np.random.default_rng(7).standard_normal((y, x))).astype(np.float32)
     mask = np.zeros((y, x), np.uint32)
     mask[:, x // 2] = 1  # a module gap
     mask[3, 5] = 8
@@ -145,8 +147,10 @@ def dectris_image(args: argparse.Namespace, series: int, i: int,
     if args.fault == "wrong_size" and i == args.fault_frame:
         x += 8  # the description no longer matches the series
     start = 1_000_000 * i
-    return [_jsonb({"htype": "dimage-1.0", "series": series, "frame": i,
-                    "hash": hashlib.md5(blob).hexdigest()}),
+    digest = hashlib.md5(blob).hexdigest()
+    if args.fault == "bad_hash" and i == args.fault_frame:
+        digest = hashlib.md5(blob[1:]).hexdigest()  # as if a byte went astray on the way
+    return [_jsonb({"htype": "dimage-1.0", "series": series, "frame": i, "hash": digest}),
             _jsonb({"htype": "dimage_d-1.0", "shape": [x, y], "type": args.dtype,
                     "encoding": args.encoding, "size": size}),
             blob,
@@ -324,6 +328,8 @@ def send_karabo(args: argparse.Namespace) -> None:
         sock.recv()  # the subscription: from here on the subscriber gets every train
     trains = [i for i in range(args.frames)
               if not (args.fault == "skip_train" and i == args.fault_frame)]
+    if args.fault == "no_end":
+        trains = trains[:args.fault_frame]  # the bridge stops sending (and has no end message)
     for i in trains:
         if args.pattern == "req" and sock.recv() != b"next":
             sock.send(b"Error: bad request")
@@ -359,18 +365,21 @@ def _sender_fixture():
 
 
 def run_series(node, ipc, tmp_path, sender, protocol: str, scheme: str, *sender_args: str,
-               frames: int = 8, timeout: float = 3.0, query: str = "", extra_source=()):
+               frames: int = 8, timeout: float | None = 3.0, query: str = "", extra_source=()):
     """Send one series with `protocol`, collect it through source, one worker and the
-    collector (real processes); returns (source exit code, its stderr, the run, the path)."""
+    collector (real processes); returns (source exit code, its stderr, the run, the path).
+    `timeout` is the endpoint's ?timeout= (None: the source's --origin-timeout applies)."""
     from conftest import finish
     from stream_node import read_run
     from test_pipeline import start_roles
 
     endpoint = sender(protocol, "--frames", str(frames), *sender_args)
     path = tmp_path / "run.h5"
+    options = "&".join(([f"timeout={timeout}"] if timeout is not None else [])
+                       + ([query.lstrip("&")] if query else []))
     source, collector, workers = start_roles(
         node, ipc, path, 1, frames=frames,
-        extra_source=("--from", f"{scheme}+{endpoint}?timeout={timeout}{query}",
+        extra_source=("--from", f"{scheme}+{endpoint}" + (f"?{options}" if options else ""),
                       *extra_source))
     code, _out, err = finish(source)
     for proc in (collector, *workers):

@@ -57,6 +57,18 @@ def check_ledger(path, frames):
     return run
 
 
+def finished(source, path, reliable, frames=400):
+    """The run ended by itself with an exact ledger; in reliable mode with every frame."""
+    code, _out, err = finish(source)
+    run = check_ledger(path, frames)
+    if reliable:
+        assert code == ExitCode.OK, err
+        assert run.missing == {}
+    else:
+        assert code in (ExitCode.OK, ExitCode.FRAMES_MISSING), err
+    return run
+
+
 @pytest.mark.timeout(90)
 def test_reliable_mode_loses_nothing_when_a_worker_is_killed(node, tmp_path):
     source, collector, procs, path, status = start(node, tmp_path, reliable=True, frames=1000,
@@ -105,13 +117,7 @@ def test_a_frozen_worker_that_resumes(node, tmp_path, reliable):
             wait_written(status, 150)
     finally:
         os.kill(procs[0].pid, signal.SIGCONT)
-    code, _out, err = finish(source)
-    run = check_ledger(path, 400)
-    if reliable:
-        assert code == ExitCode.OK, err
-        assert run.missing == {}
-    else:
-        assert code in (ExitCode.OK, ExitCode.FRAMES_MISSING), err
+    finished(source, path, reliable)
     finish(collector)
 
 
@@ -123,14 +129,8 @@ def test_a_worker_that_stalls_forever(node, tmp_path, reliable):
     source, collector, procs, path, status = start(node, tmp_path, reliable=reliable)
     wait_written(status, 60)
     os.kill(procs[0].pid, signal.SIGSTOP)
-    code, _out, err = finish(source)
-    run = check_ledger(path, 400)
-    if reliable:
-        assert code == ExitCode.OK, err
-        assert run.missing == {}
-    else:
-        assert code in (ExitCode.OK, ExitCode.FRAMES_MISSING), err
-        assert all("w0" in reason for reason in run.missing.values())
+    run = finished(source, path, reliable)
+    assert all("w0" in reason for reason in run.missing.values())
     assert run.counters["reports"]["workers"]["w0"] == {"error": "no final report"}
     finish(collector)
     procs[0].kill()

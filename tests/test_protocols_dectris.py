@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import h5py
@@ -14,7 +15,9 @@ import protocol_senders
 from conftest import finish
 from protocol_senders import bslz4_blob, dectris_arrays, frame
 from stream_node import ExitCode, read_run
+from stream_node.errors import ConfigError
 from stream_node.kernels import build_chain
+from stream_node.origins import OriginOptions, open_origin
 from test_pipeline import start_roles
 
 SHAPE = (48, 64)
@@ -171,3 +174,70 @@ def test_stream_stopping_without_end_ends_the_run_after_the_timeout(node, ipc, t
     assert counters(run) == {"dectris_no_end": 1}
     for i in range(5):
         assert run.frames[i].tobytes() == sent(i).tobytes()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("verify", [True, False])
+def test_blob_not_matching_its_md5_is_recorded_missing_when_checked(node, ipc, tmp_path,
+                                                                      sender, verify):
+    """dimage-1.0's `hash` is checked with ?verify_hash=1 (off by default: MD5 costs more than
+    the rest of the ingest); unchecked, the frame whose hash is wrong is written as it came."""
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "bad_hash",
+                                   query="&verify_hash=1" if verify else "")
+    if not verify:
+        assert code == ExitCode.OK, err
+        assert run.missing == {} and counters(run) == {}
+        return
+    assert code == ExitCode.FRAMES_MISSING, err
+    assert set(run.missing) == {3}
+    blob = bslz4_blob(sent(3))
+    assert run.missing[3] == (
+        f"detector: dectris: dimage-1.0 frame 3: md5 of the {len(blob)}-byte blob is "
+        f"{hashlib.md5(blob).hexdigest()}, dimage-1.0 says {hashlib.md5(blob[1:]).hexdigest()}")
+    assert counters(run) == {"dectris_hash_mismatch": 1}
+    for i in (0, 1, 2, 4, 5, 6, 7):
+        assert run.frames[i].tobytes() == sent(i).tobytes()
+
+
+@pytest.mark.timeout(90)
+def test_full_header_of_a_4m_detector_reaches_the_file(node, ipc, tmp_path, sender):
+    """header_detail "all" of an EIGER2 4M (2068 x 2162 pixels): a 17.9 MB float32 flatfield of
+    per-pixel noise, a pixel mask and a countrate table go to every node in START (about 18 MB
+    compressed); the control sockets take it and the file has them exactly."""
+    shape = (2162, 2068)
+    code, err, run, path = run_series(node, ipc, tmp_path, sender, "--detail", "all",
+                                      "--shape", f"{shape[0]}x{shape[1]}", frames=3)
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.frames.shape == (3, *shape)
+    assert run.frames[2].tobytes() == frame(2, shape, "uint16").tobytes()
+    with h5py.File(path, "r") as f:
+        det = f["entry/instrument/detector"]
+        for name, array in dectris_arrays(shape).items():
+            assert np.array_equal(det[name][()], array), name
+        assert det["flatfield"].dtype == np.float32 and det["flatfield"].shape == shape
+
+
+@pytest.mark.timeout(60)
+def test_decompress_option_stores_raw_pixels(node, ipc, tmp_path, sender):
+    """?decompress=1: the origin decodes the detector's chunks; the file holds the same pixels,
+    uncompressed (no filter), as a reader without filter 32008 needs."""
+    code, err, run, path = run_series(node, ipc, tmp_path, sender, "--encoding", "bs16-lz4<",
+                                      query="&decompress=1")
+    assert code == ExitCode.OK, err
+    assert run.missing == {}
+    for i in range(8):
+        assert run.frames[i].tobytes() == sent(i).tobytes(), f"frame {i} differs"
+    with h5py.File(path, "r") as f:
+        assert not f["entry/data/data"]._filters
+
+
+@pytest.mark.timeout(10)
+def test_endpoint_options_are_checked_by_name_before_anything_waits():
+    options = OriginOptions(timeout_s=0.1)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['nope'\]; known: timeout, "
+                                          "verify, decompress, verify_hash"):
+        open_origin("dectris+tcp://127.0.0.1:9?nope=1", options)
+    with pytest.raises(ConfigError, match="decompress='maybe': use 1 or 0"):
+        open_origin("dectris+tcp://127.0.0.1:9?decompress=maybe", options)
+    with pytest.raises(ConfigError, match="verify_hash='2': use 1 or 0"):
+        open_origin("dectris+tcp://127.0.0.1:9?verify_hash=2", options)

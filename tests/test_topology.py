@@ -112,6 +112,13 @@ ERRORS = [
     (("[nodes.cmp.workers]\ncount = 2\n", ""), "[nodes.cmp]", "no stage"),
     (("frames = 100", "frames = 100\nkernels = [3]"), "kernels", '"kernel" name'),
     (("frames = 100", "frames = = 100"), "frames = = 100", "not valid TOML"),
+    (('file = "/data/{run}.h5"', 'file = "/data/{run}.h5"\n[nodes.sto.view]\npng = "l.png"'),
+     "[nodes.sto.view]", "the collector has no tap to read"),
+    (('file = "/data/{run}.h5"', 'file = "/data/{run}.h5"\ntap = "tcp://*:5560"\n'
+      '[nodes.det.view]\ninput = "ipc:///tap"'), 'input = "ipc:///tap"',
+     "does not reach the collector's tap"),
+    (('file = "/data/{run}.h5"', 'file = "/data/{run}.h5"\ntap = "tcp://*:5560"\n'
+      '[nodes.det.view]\npgn = "l.png"'), "pgn", "did you mean 'png'"),
 ]
 
 
@@ -425,3 +432,111 @@ def test_a_source_that_fails_stops_the_stages_of_its_host_at_once(tmp_path):
     assert code == ExitCode.CONFIG, err
     assert "photonise" in err and "the source failed, stopping" in err
     assert time.monotonic() - t0 < 20
+
+
+VIEWED = """\
+name = "t"
+
+[nodes.det]
+host = "10.0.0.1"
+
+[nodes.det.source]
+control = "tcp://*:5550"
+data = "tcp://*:5551"
+
+[nodes.det.workers]
+
+[nodes.sto]
+host = "10.0.0.3"
+
+[nodes.sto.collector]
+input = "tcp://*:5552"
+file = "/data/{run}.h5"
+tap = "tcp://*:5560"
+
+[nodes.beamline]
+host = "10.0.0.4"
+
+[nodes.beamline.view]
+png = "/srv/www/latest.png"
+every = 1
+"""
+
+
+def test_a_view_stage_reads_the_collectors_tap(tmp_path, capsys):
+    path = write(tmp_path, VIEWED)
+    assert main(["run", str(path), "--node", "beamline", "--dry-run"]) == ExitCode.OK
+    assert capsys.readouterr().out.splitlines() == [
+        "stream-node --log-level INFO view tcp://10.0.0.3:5560 --every 1 --png "
+        "/srv/www/latest.png"]
+    shown = settings(path, capsys, "--set", "view.timeout=30")["nodes.beamline.view"]
+    assert shown["settings"]["input"] == {"value": "tcp://10.0.0.3:5560",
+                                          "from": "topology (the collector's tap)"}
+    assert "--timeout 30" in shown["commands"][0]
+
+
+def viewed_topology(tmp_path: Path, view_node: str = "here", view: str = "") -> Path:
+    """The local topology, 150 frames over 3 s, its collector's tap watched by a viewer."""
+    path = local_topology(tmp_path, frames=150, rate=50)
+    text = path.read_text().replace("drain_timeout = 5", f'drain_timeout = 5\ntap = "ipc://'
+                                    f'{tmp_path}/tap"')
+    if view_node != "here":
+        text += f'\n[nodes.{view_node}]\nhost = "127.0.0.1"\n'
+    # timeout: a viewer left behind by a failed test ends by itself
+    path.write_text(text + f'\n[nodes.{view_node}.view]\nevery = 0.2\ntimeout = 30\n{view}\n')
+    return path
+
+
+def assert_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert imread(path).ndim == 3  # it decodes: a whole picture
+
+
+def assert_every_frame(tmp_path: Path, frames: int = 150) -> None:
+    written, missing = assert_exact_ledger(tmp_path / "out" / "local-here.h5", frames)
+    assert missing == {} and len(written) == frames
+
+
+@pytest.mark.timeout(120)
+def test_a_view_stage_draws_the_run_and_ends_with_it(tmp_path):
+    pytest.importorskip("matplotlib", reason="stream-node view needs the [view] extra")
+    png = tmp_path / "img" / "latest.png"  # its directory is made, like the collector's
+    code, _, err = ended(start_run(viewed_topology(tmp_path, view=f'png = "{png}"')))
+    assert code == ExitCode.OK, err
+    assert "run: here/view: stream-node" in err and "here/view ended" in err
+    assert_png(png)
+    assert_every_frame(tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_a_host_with_only_a_viewer_ends_at_the_runs_end(tmp_path):
+    pytest.importorskip("matplotlib", reason="stream-node view needs the [view] extra")
+    png = tmp_path / "latest.png"
+    path = viewed_topology(tmp_path, view_node="look", view=f'png = "{png}"')
+    look = subprocess.Popen(
+        [sys.executable, "-m", "stream_node", "run", str(path), "--node", "look"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(look, "run: look/view: stream-node")
+        code, _, err = ended(start_run(path))
+        assert code == ExitCode.OK, err
+        code, _, err = ended(look)  # the tap's END ends it, not a signal
+        assert code == ExitCode.OK and "look/view ended (code 0)" in err, err
+    finally:
+        look.kill()
+        look.communicate()
+    assert_png(png)
+    assert_every_frame(tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_a_viewer_that_fails_at_start_is_reported_and_the_run_goes_on(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="stream-node view needs the [view] extra")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"):  # no window can open: no --png
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = ended(start_run(viewed_topology(tmp_path)))
+    assert code == ExitCode.CONFIG, err
+    assert "use --png PATH" in err and "here/view exited with code 5" in err
+    assert_every_frame(tmp_path)

@@ -78,8 +78,9 @@ def _kernel_chain(path: str) -> list[dict]:
 def _timing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ready-timeout", type=_positive(float), default=30.0, metavar="S",
                    help="seconds to wait for peers at start (default 30)")
-    p.add_argument("--peer-timeout", type=_positive(float), default=5.0, metavar="S",
-                   help="a peer silent this long is dead (default 5)")
+    p.add_argument("--peer-timeout", type=_positive(float), default=2.0, metavar="S",
+                   help="a peer silent this long is dead (default 2; heartbeats every "
+                        "min(0.5, S/4) s)")
 
 
 def _size(text: str) -> int:
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "dectris2+tcp://, karabo+tcp:// (detector streams)")
     src.add_argument("--recorded-rate", action="store_true",
                      help="with --from file://: send at the pace the frames were taken")
+    src.add_argument("--origin-timeout", type=_positive(float), default=10.0, metavar="S",
+                     help="detector streams: a detector silent this long has ended the run "
+                          "(default 10; an endpoint's ?timeout=S overrides it)")
     src.add_argument("--collector-restart", type=_positive(float), default=None, metavar="S",
                      help="if the collector is lost mid-run, wait this long for one started "
                           "with --resume (default: the run fails at once)")
@@ -324,7 +328,7 @@ signals: the first SIGINT/SIGTERM goes to the source, which ends the run (the ot
 def role_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """The role commands' parsers: their flags are the settings a topology stage takes."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {role: sub.choices[role] for role in ("source", "worker", "collector")}
+    return {role: sub.choices[role] for role in ("source", "worker", "collector", "view")}
 
 
 def _liveness(args: argparse.Namespace) -> Liveness:
@@ -353,6 +357,7 @@ def _source(args: argparse.Namespace) -> int:
         shape=args.shape, dtype=args.dtype, seed=args.seed, rate=args.rate,
         ring_slots=args.ring_slots, ready_timeout_s=args.ready_timeout,
         compression=args.compress, origin=args.origin, recorded_rate=args.recorded_rate,
+        origin_timeout_s=args.origin_timeout,
         kernels=args.kernels, status=args.status, metrics_port=args.metrics_port,
         reliable=args.reliable, credit=args.credit, window=args.window,
         collector_restart_s=args.collector_restart or 0.0,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Liveness:
     heartbeat_s: float = 0.5
-    peer_timeout_s: float = 5.0
+    peer_timeout_s: float = 2.0  # a dead or frozen peer is known within this
 
 
 @dataclass(slots=True)
@@ -151,6 +151,7 @@ class ControlHub:
                         msg_type.name, peer.name, header.run_id, self.run_id)
             return None
         peer.last_seen = now
+        peer.unreachable = False  # it is back (reconnected after a freeze or a cut)
         if msg_type == MsgType.HEARTBEAT:
             return None
         if msg_type == MsgType.READY:

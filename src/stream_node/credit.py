@@ -22,20 +22,11 @@ from typing import Any
 import numpy as np
 import zmq
 
+from stream_node.endpoints import PullInput
 from stream_node.frame import FrameHeader, MsgType, control_message
-from stream_node.transport import (
-    HandshakeWatch,
-    LinkLimits,
-    bind,
-    connect,
-    data_socket,
-    recv_parts,
-    send_frame,
-)
+from stream_node.transport import LinkLimits, bind, data_socket, send_frame
 
 log = logging.getLogger(__name__)
-
-BATCH = 16
 
 
 class CreditOutput:
@@ -181,40 +172,24 @@ class CreditOutput:
             self.held[frame_id] = (worker, header, payload)
 
 
-class CreditInput:
+class CreditInput(PullInput):
     """A worker's end: a DEALER that grants credit for `credit` frames and one more for each
-    frame it has passed on."""
-
-    copies = False
-    exhausted = False  # the end of the run comes on the control channel
+    frame it has passed on. The source knows it by its control identity, so a lost heartbeat
+    names the frames to send again."""
 
     def __init__(self, ctx: zmq.Context, endpoints: Sequence[str], limits: LinkLimits,
                  identity: bytes, run_id: int, credit: int) -> None:
-        self.endpoints = list(endpoints)
-        self.sock = data_socket(ctx, zmq.DEALER, limits)
-        # The source knows the worker by its control identity, so a lost heartbeat names the
-        # frames to send again.
-        self.sock.setsockopt(zmq.ROUTING_ID, identity)
-        self.watch = HandshakeWatch(self.sock)
-        connect(self.sock, self.endpoints, "input")
+        super().__init__(ctx, endpoints, limits, zmq.DEALER, identity)
         self.run_id = run_id
         self.credit = credit
         self.taken = 0
 
     def wait_ready(self, timeout_s: float, meanwhile: Callable[[], None]) -> None:
-        self.watch.wait(len(self.endpoints), timeout_s, f"the source at {self.endpoints}",
-                        meanwhile)
+        super().wait_ready(timeout_s, meanwhile)
         self._grant(self.credit)
 
     def take(self, timeout_ms: int) -> list[list[Any]]:
-        if not self.sock.poll(timeout_ms):
-            return []
-        batch = []
-        for _ in range(BATCH):
-            try:
-                batch.append(recv_parts(self.sock, zmq.NOBLOCK))
-            except zmq.Again:
-                break
+        batch = super().take(timeout_ms)
         self.taken = len(batch)
         return batch
 
@@ -226,7 +201,3 @@ class CreditInput:
 
     def _grant(self, n: int) -> None:
         self.sock.send_multipart(control_message(MsgType.CREDIT, self.run_id, frame_id=n))
-
-    def close(self) -> None:
-        self.watch.close()
-        self.sock.close(linger=0)

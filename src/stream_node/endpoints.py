@@ -170,9 +170,12 @@ class PullInput:
     copies = False
     exhausted = False  # a PUSH peer never says it is done: END comes on the control channel
 
-    def __init__(self, ctx: zmq.Context, endpoints: Sequence[str], limits: LinkLimits) -> None:
+    def __init__(self, ctx: zmq.Context, endpoints: Sequence[str], limits: LinkLimits,
+                 kind: int = zmq.PULL, identity: bytes | None = None) -> None:
         self.endpoints = list(endpoints)
-        self.sock = data_socket(ctx, zmq.PULL, limits)
+        self.sock = data_socket(ctx, kind, limits)
+        if identity is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, identity)
         self.watch = HandshakeWatch(self.sock)
         connect(self.sock, self.endpoints, "input")
 

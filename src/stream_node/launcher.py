@@ -5,6 +5,12 @@ Signals: the first SIGINT/SIGTERM goes to the stage that holds the run, the sour
 it while the other stages drain it. The next one makes every stage abort at once (SIGTERM: the
 collector still records the frames that did not come; on a host without the source this is
 the first step), the one after kills them. The exit code is the worst of the stages' (`worst`).
+
+A viewer (`view` stage) only watches: nothing waits for it, and when the host's other stages
+have all exited it is ended (SIGTERM, then SIGKILL after `VIEW_STOP_S`). Its exit code counts
+only when it failed by itself (e.g. it could not open its tap), and then only when the other
+stages ended well: a viewer's failure never hides what happened to the data. A host with a
+viewer only ends when the viewer does: at the run's END, or on a signal.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ log = logging.getLogger(__name__)
 # out their ready timeout for a run that never started.
 ORPHAN_GRACE_S = 5.0
 
+# A viewer gets this long to leave after SIGTERM (it may be writing its PNG) before it is killed.
+VIEW_STOP_S = 5.0
+
 # Worst first: a cause ranks above the codes it leads to elsewhere (a collector's I/O error makes
 # the source abort and a worker time out; the I/O error is what the operator must see).
 SEVERITY = [ExitCode.ERROR, ExitCode.IO, ExitCode.CONFIG, ExitCode.USAGE, ExitCode.PEER_TIMEOUT,
@@ -55,6 +64,10 @@ class Child:
     pidfd: int
     pumps: list[threading.Thread] = field(default_factory=list)
     sent: set[int] = field(default_factory=set)  # signals this launcher sent it
+
+    @property
+    def failed_by_itself(self) -> bool:
+        return not self.sent and self.exit_code != 0
 
     @property
     def exit_code(self) -> int:
@@ -110,7 +123,10 @@ class Launcher:
             os.close(wake_r)
             os.close(wake_w)
         codes = {c.command.label: c.exit_code for c in self.children}
-        code = worst(codes.values())
+        stages = [c.exit_code for c in self.children if not c.command.auxiliary]
+        viewers = [c.exit_code for c in self.children
+                   if c.command.auxiliary and c.failed_by_itself]
+        code = worst(stages) or worst(viewers)
         log.info("run: node %s done, exit code %d (%s)", self.node, code,
                  ", ".join(f"{label} {c}" for label, c in codes.items()))
         return code
@@ -166,30 +182,59 @@ class Launcher:
                 sel.register(child.pidfd, selectors.EVENT_READ, child)
             running = len(self.children)
             orphaned_at: float | None = None
+            kill_viewers_at: float | None = None
             while running:
-                wait = None if orphaned_at is None else max(0.0, orphaned_at - time.monotonic())
-                events = sel.select(wait)
-                if orphaned_at is not None and time.monotonic() >= orphaned_at:
+                deadlines = [t for t in (orphaned_at, kill_viewers_at) if t is not None]
+                events = sel.select(max(0.0, min(deadlines) - time.monotonic())
+                                    if deadlines else None)
+                now = time.monotonic()
+                if orphaned_at is not None and now >= orphaned_at:
                     orphaned_at = None
                     log.warning("run: the source failed, stopping the stages still running")
                     self.level = max(self.level, 1)
                     self._stop(signal.SIGTERM)
+                if kill_viewers_at is not None and now >= kill_viewers_at:
+                    kill_viewers_at = None
+                    for child in self._alive(auxiliary=True):
+                        log.warning("run: %s did not end within %.0f s, killing it",
+                                    child.command.label, VIEW_STOP_S)
+                        child.signal(signal.SIGKILL)
                 for key, _ in events:
                     if key.data is None:
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 512)
-                    else:
-                        key.data.proc.wait()
-                        sel.unregister(key.fileobj)
-                        running -= 1
-                        self._ended(key.data)
-                        if key.data.command.role == "source" and key.data.exit_code != 0 \
-                                and running and not self.level:
-                            orphaned_at = time.monotonic() + ORPHAN_GRACE_S
+                        continue
+                    child = key.data
+                    child.proc.wait()
+                    sel.unregister(key.fileobj)
+                    running -= 1
+                    self._ended(child)
+                    holding = self._alive(auxiliary=False)
+                    if child.command.role == "source" and child.exit_code != 0 and holding \
+                            and not self.level:
+                        orphaned_at = now + ORPHAN_GRACE_S
+                    if not child.command.auxiliary and not holding and kill_viewers_at is None:
+                        kill_viewers_at = self._end_viewers()
                 while self.signals:
                     self._stop(self.signals.pop(0))
 
+    def _alive(self, auxiliary: bool) -> list[Child]:
+        return [c for c in self.children
+                if c.command.auxiliary == auxiliary and c.proc.poll() is None]
+
+    def _end_viewers(self) -> float | None:
+        """The run is over on this host: end its viewers; returns when to kill them."""
+        viewers = self._alive(auxiliary=True)
+        for child in viewers:
+            log.info("run: every other stage of node %s has exited, ending %s", self.node,
+                     child.command.label)
+            child.signal(signal.SIGTERM)
+        return time.monotonic() + VIEW_STOP_S if viewers else None
+
     def _ended(self, child: Child) -> None:
+        if child.command.auxiliary and not child.failed_by_itself:
+            log.info("run: %s ended (code %d)", child.command.label, child.exit_code)
+            return
         level = logging.INFO if child.exit_code == 0 else logging.WARNING
         log.log(level, "run: %s exited with code %d", child.command.label, child.exit_code)
 
@@ -203,8 +248,11 @@ class Launcher:
                         "(signal again to abort at once)", name)
             targets, send = holders, signum
         elif self.level == 2:
-            log.warning("run: %s: every stage aborts now, the collector records the frames "
-                        "that did not come (signal again to kill)", name)
+            if all(c.command.auxiliary for c in alive):
+                log.warning("run: %s: ending the viewer (signal again to kill)", name)
+            else:
+                log.warning("run: %s: every stage aborts now, the collector records the frames "
+                            "that did not come (signal again to kill)", name)
             targets, send = alive, signal.SIGTERM
         else:
             log.warning("run: %s: killing every stage", name)

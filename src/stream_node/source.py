@@ -193,7 +193,10 @@ class Source:
             "frames": counters["frames_out"], "bytes": counters["bytes_out"],
             "frames_expected": self.origin.count,
             "counters": {"frames_out": counters["frames_out"], "bytes_out": counters["bytes_out"],
-                         "stalls": self.stalls},
+                         "stalls": self.stalls,
+                         # reliable mode: frames sent again after their worker was lost
+                         "retries": self._credit.redispatched if self._credit else 0,
+                         "in_flight": self._credit.in_window() if self._credit else None},
             "dropped": {}, "ring": counters["ring"], "queue_depth": None,
             "workers_ready": sum(p.ready for p in list(hub.peers.values()) if
                                  p.role == "worker") if hub else 0,

@@ -6,6 +6,9 @@ could type, and a flag a role gains is a topology key at once. Each setting reso
 built-in default < file < environment (`STREAM_NODE_KEY`) < `--set [ROLE.]KEY=VALUE`, and
 remembers where it came from (`stream-node config show`).
 
+A `view` stage is `stream-node view` (a live picture of the collector's tap): auxiliary, it
+never holds the run, and its `input` (the command's one positional argument) is the tap.
+
 `load()` reports every problem of a file at once, each with its line: tomllib keeps no
 positions, so `Lines` finds them by scanning the text for table headers and keys.
 """
@@ -44,8 +47,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROLE_OF = {"source": "source", "workers": "worker", "collector": "collector"}
-STAGE_KEYS = {"workers": {"count", "kernels"}}  # keys a stage takes beyond its role's flags
+ROLE_OF = {"source": "source", "workers": "worker", "collector": "collector", "view": "view"}
+STAGE_KEYS = {"workers": {"count", "kernels"}, "view": {"input"}}  # beyond the role's flags
+AUXILIARY = {"view"}  # stages that only watch the run: they never hold it
 GLOBAL_ENV = {"log_level"}  # read by the command line itself, not a stage setting
 PLACEHOLDERS = {"run", "node", "host", "date", "time"}
 WILDCARDS = {"*", "0.0.0.0", "::", ""}
@@ -87,7 +91,7 @@ class TopologyError(ConfigError):
 @dataclass
 class Stage:
     node: str
-    kind: str  # "source", "workers" or "collector"
+    kind: str  # "source", "workers", "collector" or "view"
     line: int
     settings: dict[str, Setting] = field(default_factory=dict)
     count: int = 1
@@ -116,7 +120,8 @@ class Command:
     label: str
     role: str
     args: list[str]
-    output: Path | None = None  # the collector's file: its directory is made before it starts
+    output: Path | None = None  # a file it writes: its directory is made before it starts
+    auxiliary: bool = False  # only watches the run: ended when the host's other stages are
 
 
 @dataclass
@@ -137,9 +142,10 @@ class Topology:
         return self.nodes[name]
 
     def commands(self, node: str, kernels_file: str | None = None) -> list[Command]:
-        """The processes of `node`, collector first (it binds what the workers connect to);
+        """The processes of `node`: a viewer first (it binds nothing, and it can subscribe
+        before frames flow), then the collector (it binds what the workers connect to);
         `kernels_file` is where the caller wrote the chain (`write_kernels`)."""
-        order = {"collector": 0, "workers": 1, "source": 2}
+        order = {"view": 0, "collector": 1, "workers": 2, "source": 3}
         out = []
         for stage in sorted(self.node(node).stages.values(), key=lambda s: order[s.kind]):
             if stage.kind == "workers":
@@ -159,8 +165,10 @@ class Topology:
             if stage.kind == "collector":
                 output = Path(self.expand(stage))
                 settings["file"] = Setting(str(output), settings["file"].origin)
+            elif stage.kind == "view" and stage.get("png") is not None:
+                output = Path(stage.get("png"))
             out.append(Command(f"{node}/{stage.kind}", stage.role, self._args(stage, settings),
-                               output))
+                               output, stage.kind in AUXILIARY))
         return out
 
     def expand(self, collector: Stage) -> str:
@@ -189,7 +197,11 @@ class Topology:
     def _args(self, stage: Stage, settings: Mapping[str, Setting]) -> list[str]:
         options = role_options(self.roles[stage.role])
         args = [stage.role]
+        if stage.kind == "view":  # the tap is the command's positional argument
+            args.append(str(stage.get("input")))
         for key, setting in settings.items():
+            if key in STAGE_KEYS.get(stage.kind, ()):
+                continue
             if setting.origin != "default":  # the role has the same default
                 args += to_argv(options[key], setting.value)
         return args
@@ -271,6 +283,7 @@ ENDPOINT_FLAGS = {
     ("collector", "input"): (("tcp", "ipc"), True),
     **{(role, "status"): (("tcp", "ipc"), True) for role in ("source", "worker", "collector")},
     ("collector", "tap"): (("tcp", "ipc"), True),
+    ("view", "input"): (("tcp", "ipc"), False),
 }
 
 
@@ -298,6 +311,15 @@ def reaches(endpoint: str, from_host: str, bound: str, bound_host: str) -> bool:
     if a.host in LOOPBACK:
         return from_host == bound_host and (b.host in WILDCARDS or b.host in LOOPBACK)
     return a.host == b.host or (b.host in WILDCARDS and a.host == bound_host)
+
+
+def why_unreached(endpoint: str, host: str, bound: str, bound_host: str) -> str:
+    """A hint for an endpoint that does not reach what is bound, when the reason is clear."""
+    if host != bound_host and not endpoint.startswith("tcp"):
+        return "; ring:// and ipc:// work within one host, tcp:// between hosts"
+    if host != bound_host and any(f"//{a}:" in bound for a in LOOPBACK):
+        return "; it binds loopback only: bind * or an address others reach"
+    return ""
 
 
 class _Loader:
@@ -392,7 +414,8 @@ class _Loader:
         for key in raw:
             if key not in known:
                 self.fail(self.line("nodes", name, key), f"[nodes.{name}]: unknown key {key!r}"
-                          f"{_suggest(key, known)}; a node has host, source, workers, collector")
+                          f"{_suggest(key, known)}; a node has host, source, workers, collector,"
+                          " view")
         host = raw.get("host")
         if not isinstance(host, str) or not host:
             self.fail(line, f"[nodes.{name}]: host = \"ADDRESS\" is missing (the address the "
@@ -405,7 +428,7 @@ class _Loader:
                 if stage is not None:
                     node.stages[kind] = stage
         if not any(k in raw for k in ROLE_OF):
-            self.fail(line, f"[nodes.{name}]: no stage (source, workers or collector)")
+            self.fail(line, f"[nodes.{name}]: no stage (source, workers, collector or view)")
         return node
 
     def stage(self, node: Node, kind: str, raw: Any, defaults: dict[str, Setting]) -> Stage | None:
@@ -447,6 +470,8 @@ class _Loader:
                 self.fail(line, f"{where}: count = {value!r}: a positive number of workers")
         elif key == "kernels" and self.check_kernels(value, line, where):
             stage.settings["kernels"] = Setting(value, f"file line {line}")
+        elif key == "input":  # the view's tap; checked with the other endpoints
+            stage.settings["input"] = Setting(value, f"file line {line}")
 
     def override(self, stage: Stage, key: str, text: str, origin: str) -> None:
         where = f"{origin} ({stage.node} {stage.kind})"
@@ -474,7 +499,8 @@ class _Loader:
             role, dot, key = target.strip().rpartition(".")
             role = ROLE_OF.get(role, role)
             if not sep or not key or (dot and role not in self.options):
-                self.fail(0, f"--set {item!r}: expected [source.|worker.|collector.]KEY=VALUE")
+                self.fail(0, f"--set {item!r}: expected [source.|worker.|collector.|view.]"
+                             "KEY=VALUE")
                 continue
             roles = [role] if dot else [r for r, o in self.options.items() if key in o]
             if not roles or key not in self.options[roles[0]] or key in IDENTITY or (
@@ -512,6 +538,29 @@ class _Loader:
             self.kernels(topo, sources[0])
             if len(collectors) == 1:
                 self.derive(topo, sources[0], collectors[0])
+        if len(collectors) == 1:
+            for view in topo.stages("view"):
+                self.view_input(topo, view, collectors[0])
+
+    def view_input(self, topo: Topology, view: Stage, collector: Stage) -> None:
+        """A viewer reads the collector's tap: its `input` defaults to it and must reach it."""
+        where = f"[nodes.{view.node}.view]"
+        tap = collector.get("tap")
+        if tap is None:
+            self.fail(view.line, f"{where}: the collector has no tap to read: give "
+                                 f"[nodes.{collector.node}.collector] tap = \"tcp://*:5560\"")
+            return
+        if {(view.node, "view", "input"), (collector.node, "collector", "tap")} & self.bad:
+            return
+        tap_host, host = topo.nodes[collector.node].host, topo.nodes[view.node].host
+        given = view.settings.setdefault(
+            "input", Setting(connect_address(tap, tap_host), "topology (the collector's tap)"))
+        if not reaches(given.value, host, tap, tap_host):
+            line = self.line("nodes", view.node, "view", "input") \
+                if given.origin.startswith("file") else view.line
+            self.fail(line, f"{where}: input {given.value!r} (from {given.origin}) does not "
+                            f"reach the collector's tap, {tap!r} on host {tap_host}, from host "
+                            f"{host}" + why_unreached(str(given.value), host, tap, tap_host))
 
     def endpoints(self, node: Node, stage: Stage) -> None:
         """Each endpoint flag of the stage has its scheme and form; the others are noted in
@@ -581,16 +630,11 @@ class _Loader:
                 if key in linked and all(reaches(v, host, bound, bound_host) for v in values):
                     linked[key] += stage.count
                 for value in values:
-                    if reaches(value, host, bound, bound_host):
-                        continue
-                    hint = ""
-                    if host != bound_host and not value.startswith("tcp"):
-                        hint = "; ring:// and ipc:// work within one host, tcp:// between hosts"
-                    elif host != bound_host and any(f"//{a}:" in bound for a in LOOPBACK):
-                        hint = "; it binds loopback only: bind * or an address others reach"
-                    self.fail(line, f"[nodes.{stage.node}.{stage.kind}]: {key} {value!r} "
-                                    f"(from {given.origin}) does not reach {what}, {bound!r} "
-                                    f"on host {bound_host}, from host {host}{hint}")
+                    if not reaches(value, host, bound, bound_host):
+                        self.fail(line, f"[nodes.{stage.node}.{stage.kind}]: {key} {value!r} "
+                                        f"(from {given.origin}) does not reach {what}, "
+                                        f"{bound!r} on host {bound_host}, from host {host}"
+                                        + why_unreached(value, host, bound, bound_host))
             if stage.kind == "workers":
                 feeding += stage.count
         ends = {"input": (source, "data", "no worker reads the source's data"),
@@ -680,7 +724,8 @@ def load(path: Path | str, roles: Mapping[str, argparse.ArgumentParser],
     """Read and check a topology; raises TopologyError listing every problem at once.
 
     `roles` are the role commands' parsers (`stream-node source` ...): their flags are the
-    keys a stage takes, and their type checks validate the values.
+    keys a stage takes, and their type checks validate the values (`stream-node view`'s for
+    a view stage).
     """
     path = Path(path)
     try:

@@ -2,7 +2,9 @@
 
 It subscribes to a collector's tap (`--tap`), so it can never slow the run. With a display it
 draws in a matplotlib window; on a headless machine `--png PATH` rewrites one PNG every few
-seconds (atomically: a reader never sees half a file). matplotlib is the optional extra `view`.
+seconds (atomically: a reader never sees half a file). It follows one run: the collector's END
+ends it (a window stays on the last frame until closed), so a topology's viewer ends with the
+run. matplotlib is the optional extra `view`.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def _limits(image: np.ndarray) -> tuple[float, float]:
 
 def view(endpoint: str, png: Path | None = None, every_s: float = 2.0, count: int | None = None,
          timeout_s: float | None = None) -> int:
-    """Show frames until the window closes (or `count` images were drawn); returns how many."""
+    """Show frames until the run ends, the window closes or `count` images were drawn;
+    returns how many."""
     plt = _pyplot(headless=png is not None)
     fig, ax = plt.subplots(figsize=(8, 5))
     picture = None
@@ -84,7 +87,7 @@ def view(endpoint: str, png: Path | None = None, every_s: float = 2.0, count: in
         plt.ion()
         plt.show()
     try:
-        for header, frame in subscribe(endpoint, timeout_s=timeout_s):
+        for header, frame in subscribe(endpoint, timeout_s=timeout_s, until_end=True):
             frames_per_s = rate.add(header)
             now = time.monotonic()
             if png is not None and now < next_draw:
@@ -112,6 +115,10 @@ def view(endpoint: str, png: Path | None = None, every_s: float = 2.0, count: in
                     break
             if count is not None and drawn >= count:
                 break
+        else:  # the run ended
+            if png is None and drawn and plt.fignum_exists(fig.number):
+                plt.ioff()
+                plt.show()  # until the window is closed
     finally:
         plt.close(fig)
     return drawn

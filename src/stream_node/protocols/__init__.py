@@ -8,7 +8,10 @@ Endpoints name the protocol before the ZeroMQ transport, and `stream-node source
                                 PULL or SUB: `?pattern=req|pull|sub`)
 
 Query options after the address apply to every protocol: `?timeout=S` (how long the detector may
-stay silent, default the source's origin timeout), and per protocol those its module documents.
+stay silent, default the source's `--origin-timeout`), `?verify=structure|full` (how a compressed
+blob is checked: its block structure, or by decompressing it), `?decompress=1` (compressed frames
+become raw pixels at the source instead of passing through), and per protocol those its module
+documents (DECTRIS v1: `?verify_hash=1`).
 Importing this package registers the schemes (see `stream_node.origins.open_origin`); a module's
 own dependencies (cbor2 for stream2) are imported only when its scheme is used.
 """

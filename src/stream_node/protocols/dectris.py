@@ -16,6 +16,9 @@ A series, as the SIMPLON API manual describes it, is three kinds of multipart me
              optionally the image appendix]
     end     [{"htype": "dseries_end-1.0", "series": S}]
 
+`hash` is the MD5 of the data blob as sent; `?verify_hash=1` checks it (off by default: MD5 runs at
+about 1 GB/s, 0.9 ms for a 0.8 MB compressed frame and 4.7 ms for a raw 4 MiB one, more than
+the rest of the ingest path) and a frame whose blob does not match is recorded missing.
 Shapes are [x, y] (width first). Encodings: `<` raw little-endian; `lz4<` one LZ4 block
 (decompressed here into a raw frame); `bs8-lz4<`, `bs16-lz4<`, `bs32-lz4<` bitshuffle/LZ4 in the
 HDF5 filter-32008 framing, which go to the file untouched. Frame N becomes frame id N, the series
@@ -25,6 +28,7 @@ id is the run's `series_id`, dconfig's times go to the per-frame datasets `start
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -117,12 +121,14 @@ class DectrisOrigin(ReceivedOrigin):
     columns = ("start_time_ns", "stop_time_ns", "real_time_ns")
 
     def __init__(self, address: str, options: OriginOptions) -> None:
-        super().__init__(address, options)
+        super().__init__(address, options, known=("verify_hash",))
         try:
+            self.verify_hash = self.flag("verify_hash")
             self.header = self.wait_for("dheader-1.0 series header", self._header)
             self.series_id = int(self.head["series"])
             self.shape, self.dtype, kinds = self._geometry()
-            self.encoding = Encoding.BSLZ4 if kinds == "bslz4" else Encoding.RAW
+            passed = kinds == "bslz4" and not self.decompress
+            self.encoding = Encoding.BSLZ4 if passed else Encoding.RAW
         except BaseException:
             self.close()
             raise
@@ -276,6 +282,12 @@ class DectrisOrigin(ReceivedOrigin):
         if isinstance(size, int) and size != blob.nbytes:
             raise ProtocolFault("wrong_size", f"{where}: blob has {blob.nbytes} bytes, "
                                 f"{IMAGE_D} says {size}", frame_id)
+        digest = head.get("hash")
+        if self.verify_hash and isinstance(digest, str):
+            mine = hashlib.md5(blob).hexdigest()  # GIL released for the blob
+            if mine != digest.lower():
+                raise ProtocolFault("hash_mismatch", f"{where}: md5 of the {blob.nbytes}-byte "
+                                    f"blob is {mine}, {IMAGE} says {digest}", frame_id)
         kind = desc["kind"]
         if kind == "lz4":
             try:

@@ -6,7 +6,8 @@ msgpack header `{"source", "content": "msgpack", "metadata": {..., "timestamp.ti
 source's non-array data as a msgpack map, then per array a header `{"source", "content": "array",
 "path", "dtype", "shape"}` and the raw array bytes (taken here without a copy). Protocol 1.0: one
 msgpack part, a map of sources, each with its metadata under "metadata" and its arrays inline in
-msgpack-numpy's encoding (byte-string keys; msgpack hands the array bytes over as a copy).
+msgpack-numpy's encoding (byte-string keys; the array bytes are sliced from the message, not
+copied: see `_unpack_v1`).
 
 Options: `?pattern=req` (default: send `next`, get one train: the bridge's REQ/REP), `pull`, or
 `sub` (the bridge's PUSH or PUB); `?source=NAME` and `?path=KEY` choose the array that becomes
@@ -21,39 +22,144 @@ of the first train goes to the run's metadata; each train's timestamp to the fra
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import msgpack
 import numpy as np
 import zmq
+from numba import njit
 
 from stream_node.endpoints import FrameOutput
 from stream_node.errors import ConfigError, ProtocolError
 from stream_node.origins import OriginOptions, RunControl
-from stream_node.protocols.received import ProtocolFault, ReceivedOrigin, SeriesOver
+from stream_node.protocols.received import (
+    ProtocolFault,
+    ReceivedOrigin,
+    SeriesOver,
+    swap_out,
+)
 
 PATTERNS = {"req": zmq.REQ, "pull": zmq.PULL, "sub": zmq.SUB}
 
 
-def _unpack(data: Any) -> Any:
+LARGE = 4096  # protocol 1.0: bin values this long are sliced from the message, not copied
+MAX_LARGE = 64  # at most this many per message are sliced; a message with more is copied
+
+
+@njit(cache=True, nogil=True)
+def _large_bins(buf: np.ndarray, threshold: int, out: np.ndarray) -> int:
+    """Where the bin values of at least `threshold` bytes lie in one msgpack object: rows
+    (head offset, data offset, length) in `out`; returns how many, or a negative number if the
+    object is cut short (-1), malformed (-2), nested too deep (-3) or has too many (-4).
+
+    Only the type bytes and lengths of the msgpack spec are read, to step over each value;
+    decoding stays msgpack's (which copies every bin value it decodes)."""
+    n = buf.shape[0]
+    left = np.empty(64, np.int64)  # values still to read per open array or map
+    depth, left[0], pos, found = 0, 1, 0, 0
+    while depth >= 0:
+        if left[depth] == 0:
+            depth -= 1
+            continue
+        left[depth] -= 1
+        if pos >= n:
+            return -1
+        b = np.int64(buf[pos])
+        head = pos
+        pos += 1
+        items = np.int64(-1)  # an array or map: how many values follow
+        width = 0  # bytes of a length field that follows
+        if b <= 0x7F or b >= 0xE0 or b == 0xC0 or b == 0xC2 or b == 0xC3:
+            continue
+        if b <= 0x8F:
+            items = 2 * (b & 0x0F)
+        elif b <= 0x9F:
+            items = b & 0x0F
+        elif b <= 0xBF:
+            pos += b & 0x1F
+        elif b == 0xC1:
+            return -2
+        elif b <= 0xC9 or 0xD9 <= b <= 0xDF:  # bin, ext, str: a length; array, map: a count
+            if b <= 0xC6:
+                width = 1 << (b - 0xC4)
+            elif b <= 0xC9:
+                width = 1 << (b - 0xC7)
+            elif b <= 0xDB:
+                width = 1 << (b - 0xD9)
+            else:
+                width = 2 if b in (0xDC, 0xDE) else 4
+            if pos + width > n:
+                return -1
+            size = np.int64(0)
+            for k in range(width):
+                size = (size << 8) | np.int64(buf[pos + k])
+            pos += width
+            if b >= 0xDC:
+                items = size * (2 if b >= 0xDE else 1)
+            else:
+                if b <= 0xC6 and size >= threshold:
+                    if found == out.shape[0]:
+                        return -4
+                    out[found, 0], out[found, 1], out[found, 2] = head, pos, size
+                    found += 1
+                pos += size + (1 if 0xC7 <= b <= 0xC9 else 0)  # ext: its type byte
+        elif b <= 0xCB:
+            pos += 4 if b == 0xCA else 8
+        elif b <= 0xD3:
+            pos += 1 << ((b - 0xCC) & 3)
+        else:  # fixext 1..16 and its type byte
+            pos += 1 + (1 << (b - 0xD4))
+        if pos > n:
+            return -1
+        if items > 0:
+            if depth + 1 == left.shape[0]:
+                return -3
+            depth += 1
+            left[depth] = items
+    return found
+
+
+_where = np.empty((MAX_LARGE, 3), np.int64)  # `_unpack_v1`'s scratch (one origin per process)
+
+
+def _unpack(data: Any, hook: Any = None) -> Any:
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, object_hook=_nd)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False,
+                               object_hook=hook or partial(_nd, {}))
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ProtocolError(f"undecodable msgpack ({exc})") from None
 
 
-def _nd(obj: dict) -> Any:
+def _unpack_v1(message: Any) -> Any:
+    """A protocol 1.0 message as msgpack decodes it, except that the arrays' data are
+    read-only slices of the message: each large bin value is swapped for a short placeholder in
+    a small copy of the message, and `_nd` swaps the slice back in. A large bin value that is
+    not an array's data makes the message go to msgpack whole instead."""
+    buf = np.frombuffer(message, np.uint8)
+    count = _large_bins(buf, LARGE, _where)
+    if count <= 0:
+        return _unpack(message)
+    small, large = swap_out(buf, _where, count, b"\xc4\x0b")  # bin 8 of 11 bytes
+    body = _unpack(small, partial(_nd, large))
+    return body if not large else _unpack(message)  # `_nd` pops what it used
+
+
+def _nd(large: dict[bytes, memoryview], obj: dict) -> Any:
     """msgpack-numpy's encoding (protocol 1.0): an array is a map with byte-string keys
     `{b"nd": True, b"type": "<u2", b"kind": b"", b"shape": [...], b"data": bytes}`, a numpy
-    scalar `{b"nd": False, b"type", b"data"}`. Structured arrays (kind b"V") stay maps."""
+    scalar `{b"nd": False, b"type", b"data"}`. Structured arrays (kind b"V") stay maps.
+    `large`: placeholders for array data and the slices of the message they stand for."""
     nd = obj.get(b"nd")
     if nd is None or b"data" not in obj or obj.get(b"kind", b"") != b"":
         return obj
     try:
         dtype = np.dtype(obj[b"type"])
+        data = obj[b"data"]
+        data = large.pop(data, data)
         if nd is True:
-            return np.frombuffer(obj[b"data"], dtype).reshape(obj[b"shape"])
-        return np.frombuffer(obj[b"data"], dtype)[0]
+            return np.frombuffer(data, dtype).reshape(obj[b"shape"])
+        return np.frombuffer(data, dtype)[0]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ProtocolError(f"msgpack-numpy array {obj.get(b'type')} {obj.get(b'shape')} does "
                             f"not fit its data ({exc})") from None
@@ -76,7 +182,7 @@ class Train:
             raise ProtocolError("no source in the message")
 
     def _v1(self, part: Any) -> None:
-        body = _unpack(memoryview(part))
+        body = _unpack_v1(memoryview(part))
         if not isinstance(body, dict):
             raise ProtocolError("protocol 1.0 message is not a map of sources")
         for source, values in body.items():
@@ -191,7 +297,13 @@ class KaraboOrigin(ReceivedOrigin):
         return self.sent + len(self.missing) >= self.trains
 
     def silent(self) -> SeriesOver:
-        self.errors["silent_end"] += 1  # the bridge has no end message: silence ends the run
+        """The bridge has no end message: silence ends the run, and the trains still due (the
+        ones after the last, as the bridge numbers them consecutively) are recorded missing."""
+        self.errors["silent_end"] += 1
+        due = self.trains - self.sent - len(self.missing)
+        for tid in range(self.highest + 1, self.highest + 1 + max(due, 0)):
+            self.missing[tid] = (f"karabo: train {tid} not delivered: the bridge went silent "
+                                 f"for {self.timeout_s:.1f} s")
         return SeriesOver("not received: the bridge went silent")
 
     def handle(self, parts: list[zmq.Frame], out: FrameOutput, ctl: RunControl) -> None:
@@ -218,3 +330,11 @@ class KaraboOrigin(ReceivedOrigin):
             if skipped not in self.received and skipped not in self.missing:
                 self.missing[skipped] = f"karabo: train {skipped} not delivered by the bridge"
         self.deliver(out, ctl, tid, array, train.timestamp_ns(self.source))
+
+
+def _warm() -> None:
+    """Compile (or load from the cache) the value walk now, at import, never on a train."""
+    _large_bins(np.frombuffer(msgpack.packb({"a": b"x" * 8}), np.uint8), 4, _where)
+
+
+_warm()

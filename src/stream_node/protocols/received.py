@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WARN_LIMIT = 5  # log the first few faults of each kind; the counters hold them all
 RCVHWM = 64  # messages queued from the detector; beyond them the detector's PUSH waits
+_JSON = json.JSONDecoder().decode
 
 
 class ProtocolFault(ProtocolError):
@@ -63,10 +64,32 @@ def split_options(address: str) -> tuple[str, dict[str, str]]:
     return base, opts
 
 
+PLACEHOLDER = b"\x00sn-large%02d"  # 11 bytes standing for a large string in a message
+
+
+def swap_out(buf: np.ndarray, where: np.ndarray, count: int,
+             head: bytes) -> tuple[bytes, dict[bytes, memoryview]]:
+    """`buf` (a whole message) with each of its first `count` ranges in `where` (rows: head
+    offset, data offset, length) replaced by `head` + an 11-byte placeholder, and placeholder ->
+    the slice of `buf` it stands for. A serialiser (cbor2, msgpack) copies every string it
+    decodes; given the short message instead, it copies a few hundred bytes, and the caller's
+    hook puts the slices back where the placeholders came out."""
+    view, pieces, pos = memoryview(buf), [], 0
+    large: dict[bytes, memoryview] = {}
+    for i in range(count):
+        start, data, length = (int(v) for v in where[i])
+        mark = PLACEHOLDER % i
+        pieces += [view[pos:start], head, mark]
+        large[mark] = view[data:data + length]
+        pos = data + length
+    pieces.append(view[pos:])
+    return b"".join(pieces), large
+
+
 def json_part(part: Any) -> dict:
     """A JSON object from one message part; ProtocolError if it is not one."""
-    try:
-        value = json.loads(bytes(memoryview(part)))
+    try:  # the decoder itself: json.loads would first guess the bytes' encoding (UTF-8 here)
+        value = _JSON(bytes(memoryview(part)).decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not JSON ({exc})") from None
     if not isinstance(value, dict):
@@ -82,12 +105,16 @@ class ReceivedOrigin(Origin):
 
     def __init__(self, address: str, options: OriginOptions, known: tuple[str, ...] = ()) -> None:
         self.address, self.opts = split_options(address)
-        unknown = set(self.opts) - {"timeout", "verify", *known}
+        common = ("timeout", "verify", "decompress")
+        unknown = set(self.opts) - {*common, *known}
         if unknown:
             raise ConfigError(f"{self.protocol} endpoint {address!r}: unknown option(s) "
-                              f"{sorted(unknown)}; known: timeout, verify, {', '.join(known)}")
+                              f"{sorted(unknown)}; known: {', '.join((*common, *known))}")
         self.timeout_s = float(self.opts.get("timeout", options.timeout_s))
         self.verify = self.opts.get("verify", "structure")
+        # decompress=1: compressed frames become raw pixels here (a file without filter 32008,
+        # or workers recompressing with --compress); default: they pass through untouched.
+        self.decompress = self.flag("decompress")
         self._scratch: np.ndarray | None = None  # verify=full decodes here, frame after frame
         if self.verify not in ("structure", "full"):
             raise ConfigError(f"{self.protocol}: verify={self.verify!r}: use structure or full")
@@ -108,6 +135,13 @@ class ReceivedOrigin(Origin):
         except BaseException:
             self.sock.close(linger=0)
             raise
+
+    def flag(self, name: str) -> bool:
+        """A yes/no endpoint option (`?name=1`); absent means no."""
+        value = self.opts.get(name, "0").lower()
+        if value not in ("0", "1", "true", "false", "yes", "no"):
+            raise ConfigError(f"{self.protocol}: {name}={value!r}: use 1 or 0")
+        return value in ("1", "true", "yes")
 
     def _connect(self) -> None:
         try:
@@ -211,8 +245,9 @@ class ReceivedOrigin(Origin):
                              shape=self.shape, dtype_code=dtype_code(self.dtype),
                              encoding=self.encoding, payload_bytes=nbytes,
                              timestamp_ns=time.time_ns() if timestamp_ns is None else timestamp_ns)
-        stall = Stall()
+        stall: Stall | None = None
         while not out.put(header, payload, 100):
+            stall = stall or Stall()
             ctl.stalled(stall)
         self.received.add(frame_id)
         self.missing.pop(frame_id, None)
@@ -277,7 +312,10 @@ class ReceivedOrigin(Origin):
         return self.emitted(end)
 
     def emitted(self, end: SeriesOver | None) -> Emitted:
-        last = self.highest if self.count is None else self.first_id + self.count - 1
+        if self.count is None:  # the last id seen, or the last one reported missing
+            last = max(self.highest, max(self.missing, default=-1))
+        else:
+            last = self.first_id + self.count - 1
         why = (end.reason if end is not None and end.reason else
                "not received before the end of the series")
         missing = dict(self.missing)

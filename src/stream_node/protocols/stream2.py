@@ -34,9 +34,16 @@ from stream_node.frame import Encoding
 from stream_node.origins import OriginOptions, RunControl
 from stream_node.protocols.chunks import lz4_hdf5, packed_array
 from stream_node.protocols.dectris import nxmx_fields
-from stream_node.protocols.received import ProtocolFault, ReceivedOrigin, SeriesOver
+from stream_node.protocols.received import (
+    ProtocolFault,
+    ReceivedOrigin,
+    SeriesOver,
+    swap_out,
+)
 
 MULTI_DIM, COMPRESSED = 40, 56500
+TIMES = (("start_time", "start_time_ns"), ("stop_time", "stop_time_ns"),
+         ("real_time", "real_time_ns"))
 NXMX2 = {
     "detector_description": ("description", None),
     "detector_serial_number": ("serial_number", None),
@@ -93,7 +100,6 @@ class MultiDim:
 
 LARGE = 4096  # byte strings this long are sliced from the message, never copied
 MAX_LARGE = 64  # at most this many per message are sliced; a message with more is copied
-_PLACEHOLDER = b"\x00sn-large%02d"  # 11 bytes: a CBOR byte string of 1-byte head 0x4b
 
 
 @njit(cache=True, nogil=True)
@@ -123,24 +129,23 @@ def _large_strings(buf: np.ndarray, threshold: int, out: np.ndarray) -> int:
             continue
         if left[depth] > 0:
             left[depth] -= 1
-        arg = np.int64(-1)
-        if info < 24:
-            arg = np.int64(info)
-        elif info < 28:
+        indefinite = info == 31
+        arg = np.int64(info)
+        if 24 <= info < 28:
             size = 1 << (info - 24)
             if pos + size > n:
                 return -1
             arg = np.int64(0)
-            for k in range(size):
+            for k in range(size):  # a uint64 above 2**63 wraps negative: only lengths matter
                 arg = (arg << 8) | np.int64(buf[pos + k])
             pos += size
-            if arg < 0:
-                return -2
-        elif info != 31 or major in (0, 1, 6, 7):
+        elif 28 <= info <= 30 or (indefinite and major in (0, 1, 6)):
             return -2
         if major in (0, 1, 7):
             continue
-        if major in (2, 3) and arg >= 0:
+        if major != 6 and not indefinite and arg < 0:
+            return -1  # a length beyond any message
+        if major in (2, 3) and not indefinite:
             if major == 2 and arg >= threshold:
                 if found == out.shape[0]:
                     return -4
@@ -153,7 +158,7 @@ def _large_strings(buf: np.ndarray, threshold: int, out: np.ndarray) -> int:
         if depth + 1 == left.shape[0]:
             return -3
         depth += 1
-        if arg < 0:
+        if indefinite:
             left[depth] = -1  # indefinite string (its chunks), array or map
         elif major == 4:
             left[depth] = arg
@@ -178,17 +183,20 @@ class _Slices(dict):
         return value
 
 
-def _tag_hook(large: _Slices, *args: Any) -> Any:
+TYPED = {tag: dtype for tag in range(64, 88) if (dtype := typed_dtype(tag)) is not None}
+
+
+def _tag_hook(large: _Slices, first: Any, second: Any) -> Any:
     """cbor2's tag hook: called as (decoder, tag) by cbor2 5 and (tag, immutable) by cbor2 6.
     `large` maps the placeholders `decode` put in the message to the slices they stand for."""
-    tag = next(a for a in args if isinstance(a, cbor2.CBORTag))
+    tag = first if isinstance(first, cbor2.CBORTag) else second
     if tag.tag == COMPRESSED:
         value = tag.value
         if (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
                 and isinstance(value[2], bytes)):
             return Compressed(value[0], int(value[1]), large.take(value[2]))
         raise ValueError("tag 56500 is not [algorithm, modifier, bytes]")
-    dtype = typed_dtype(tag.tag)
+    dtype = TYPED.get(tag.tag)
     if dtype is not None:
         value = tag.value
         if isinstance(value, bytes):
@@ -219,16 +227,8 @@ def decode(message: Any) -> dict:
     large = _Slices()
     small: Any = message
     if count > 0:
-        view = memoryview(buf)
-        pieces, pos = [], 0
-        for i in range(count):
-            head, start, length = (int(v) for v in _where[i])
-            mark = _PLACEHOLDER % i
-            pieces += [view[pos:head], b"\x4b", mark]
-            large[mark] = view[start:start + length]
-            pos = start + length
-        pieces.append(view[pos:])
-        small = b"".join(pieces)
+        small, slices = swap_out(buf, _where, count, b"\x4b")  # byte string of 11 bytes
+        large.update(slices)
     try:
         body = cbor2.loads(small, tag_hook=partial(_tag_hook, large))
         if len(large.used) != len(large):  # a placeholder outside typed arrays: no slicing
@@ -309,7 +309,7 @@ class Stream2Origin(ReceivedOrigin):
             raise ProtocolFault("invalid", "big-endian image data is not supported")
         data = array.array.data
         bslz4 = isinstance(data, Compressed) and data.algorithm == "bslz4"
-        self.encoding = Encoding.BSLZ4 if bslz4 else Encoding.RAW
+        self.encoding = Encoding.BSLZ4 if bslz4 and not self.decompress else Encoding.RAW
         return True
 
     def _channel_array(self, body: Any, image_id: Any) -> MultiDim:
@@ -390,8 +390,7 @@ class Stream2Origin(ReceivedOrigin):
         self.check_id(frame_id, where)
         array = self._channel_array(body, frame_id)
         typed = array.array
-        if array.shape != tuple(self.shape) or not isinstance(typed, Typed) \
-                or typed.dtype.newbyteorder("=") != self.dtype:
+        if array.shape != self.shape or not isinstance(typed, Typed) or typed.dtype != self.dtype:
             got = typed.dtype if isinstance(typed, Typed) else type(typed).__name__
             raise ProtocolFault("wrong_size", f"{where}: array {list(array.shape)} {got}, the "
                                 f"series has {list(self.shape)} {self.dtype}", frame_id)
@@ -417,10 +416,10 @@ class Stream2Origin(ReceivedOrigin):
         others = len(body["data"]) - 1
         if others:
             self.errors["other_channels_not_stored"] += others
-        for name in ("start_time", "stop_time", "real_time"):
+        for name, column in TIMES:
             value = body.get(name)
             if isinstance(value, (list, tuple)) and len(value) == 2 and value[1]:
-                self.record(f"{name}_ns", frame_id, value[0] * 1_000_000_000 // value[1])
+                self.record(column, frame_id, value[0] * 1_000_000_000 // value[1])
         self.deliver(out, ctl, frame_id, payload)
 
 
