@@ -275,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         serve_once(args.serve_once)
         return 0
     # frames per raw series (4 MiB messages); bslz4 series have 8x (quick) or 4x as many, so
-    # every series lasts about 0.1 s; the sender holds one series in memory (up to 0.5 GB)
-    frames, pairs, more = (128, 21, 4) if args.full else (64, 11, 8)
+    # every series lasts about 0.3 s: an origin's set-up per series (connect, series header:
+    # about 5 ms, paid once per run in real use) stays a few percent of it. The sender holds
+    # one series in memory (up to 2 GB).
+    frames, pairs, more = (512, 9, 4) if args.full else (256, 5, 8)
     ok = True
     print(f"{os.cpu_count()} CPUs; frames of {SHAPE[0]}x{SHAPE[1]} uint16 (4 MiB), "
           "tcp loopback")
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmd5 of one frame's blob (DECTRIS `?verify_hash=1`): bs16-lz4 "
               f"{md5_cost_us('bs16-lz4<'):.0f} us, raw {md5_cost_us('<'):.0f} us")
     if args.only != "ingest":
-        runs, n = (3, 1000) if args.full else (2, 500)
+        runs, n = (3, 4000) if args.full else (3, 1500)
         print(f"\nPipeline (DECTRIS bs16-lz4 detector -> source -> 1 worker -> collector -> "
               f"HDF5), {n} frames, median of {runs} run(s)\n")
         print("| path | frames/s | GB/s (uncompressed) | ratio | floor |")

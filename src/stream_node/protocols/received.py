@@ -130,6 +130,7 @@ class ReceivedOrigin(Origin):
         self.sock = self.ctx.socket(self.socket_type)
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self._timeout_ms = -1  # the socket's RCVTIMEO (-1: wait for ever)
         try:
             self._connect()
         except BaseException:
@@ -152,13 +153,16 @@ class ReceivedOrigin(Origin):
     # -- receiving ---------------------------------------------------------------------------
 
     def recv(self, timeout_ms: int) -> list[zmq.Frame] | None:
-        try:  # a detector streaming has the next message waiting: no poll call for it
-            return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        """The next message, or None after `timeout_ms`: one blocking receive with a timeout
+        (a try-then-poll costs a failed call and a poll for every message that is not yet
+        there, CPU the detector's sender on the same host then lacks)."""
+        if timeout_ms != self._timeout_ms:
+            self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._timeout_ms = timeout_ms
+        try:
+            return self.sock.recv_multipart(copy=False)
         except zmq.Again:
-            pass
-        if not self.sock.poll(timeout_ms):
             return None
-        return self.sock.recv_multipart(copy=False)
 
     def wait_for(self, what: str, found: callable) -> list[zmq.Frame]:  # type: ignore[valid-type]
         """Read messages until `found(parts)` is true, for at most the silence timeout; every
