@@ -9,8 +9,9 @@ Ingest: a sender process pushes prebuilt messages (4 MiB uint16 frames: raw, and
 of Poisson counts) over tcp loopback, once per trial, and times the trial itself: from the
 receiver's handshake to the receiver's "done" after the series' last message. The baseline
 receiver does `recv_multipart(copy=False)` of every message and nothing else; the origin connects,
-parses, checks (bslz4: the block structure) and hands each frame to an output that takes it at
-once. Trials alternate baseline / origin (so drift hits both alike); the table shows the median of
+parses, checks (bslz4: the chunk header; the workers walk the block structure, see the
+pipeline table) and hands each frame to an output that takes it at once. Trials
+alternate baseline / origin (so drift hits both alike); the table shows the median of
 each and the median of the per-pair ratios. Floor: origin >= 0.9x baseline.
 
 Pipeline: a sender process, `stream-node source --from dectris+tcp://...`, one worker (no

@@ -153,13 +153,25 @@ def test_wrong_size_frame_is_recorded_missing_with_reason(node, ipc, tmp_path, s
 
 
 @pytest.mark.timeout(60)
-def test_corrupt_compressed_blob_is_recorded_missing_with_reason(node, ipc, tmp_path, sender):
-    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "corrupt_blob")
+@pytest.mark.parametrize("verify", ["header", "structure"])
+def test_corrupt_compressed_blob_is_recorded_missing_with_reason(node, ipc, tmp_path, sender,
+                                                                 verify):
+    """By default the worker that passes the blob on finds it corrupt (the source checks only
+    its header); with ?verify=structure the source does, and counts it as a protocol error."""
+    code, err, run, _ = run_series(node, ipc, tmp_path, sender, "--fault", "corrupt_blob",
+                                   query=f"verify={verify}")
     assert code == ExitCode.FRAMES_MISSING, err
     assert set(run.missing) == {3}
-    assert run.missing[3].startswith("detector: dectris: dimage-1.0 frame 3: frame 3: corrupt "
-                                     "bitshuffle/LZ4 blob")
-    assert counters(run) == {"dectris_corrupt": 1}
+    workers = run.counters["reports"]["workers"]
+    if verify == "header":
+        assert run.missing[3].startswith("worker 0: frame 3 as it came: corrupt "
+                                         "bitshuffle/LZ4 blob")
+        assert counters(run) == {}
+        assert sum(w["failed"] for w in workers.values()) == 1
+    else:
+        assert run.missing[3].startswith("detector: dectris: dimage-1.0 frame 3: frame 3: "
+                                         "corrupt bitshuffle/LZ4 blob")
+        assert counters(run) == {"dectris_corrupt": 1}
     assert sum(run.received) == 7
 
 

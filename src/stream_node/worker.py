@@ -7,7 +7,7 @@ received message buffer itself (zero-copy), only the 96-byte header is rewritten
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,7 @@ class Worker:
         self.chain: Any = None
         self.unpacked: np.ndarray | None = None  # decompressed frame, when frames come bslz4
         self.stalls = 0
+        self._check_chunk: Callable[[Any], Any] | None = None  # see _setup_chunk_check
 
     def report(self) -> dict[str, Any]:
         report = {"name": self.cfg.name, "frames": self.frames, "bytes": self.bytes,
@@ -108,6 +109,7 @@ class Worker:
             if self.compress:  # parallelism comes from the worker processes, not codec threads
                 compression.set_codec_threads(1)
             self._setup_kernels(start)
+            self._setup_chunk_check(start)
 
             def listen() -> None:  # an ABORT (e.g. the collector refused the run) ends the wait
                 if link.sock.poll(0) and self._command(link, link.recv_ready()):
@@ -148,6 +150,20 @@ class Worker:
         source = start.get("input") or start
         return max(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize
                    for s in (source, start))
+
+    def _setup_chunk_check(self, start: dict) -> None:
+        """Compressed frames passed through as they came (a detector's chunks) get their block
+        structure walked here: the source checked only their header, so this work is spread
+        over the workers instead of holding up the one process that takes every frame."""
+        source = start.get("input") or {}
+        if self.chain is not None or source.get("encoding") != "bslz4":
+            return  # a chain decompresses each frame, which checks it entirely
+        from stream_node.protocols.chunks import check_bslz4
+
+        nbytes = int(np.prod(source["shape"])) * np.dtype(source["dtype"]).itemsize
+        itemsize = np.dtype(source["dtype"]).itemsize
+        self.out_shape, self.out_dtype = tuple(start["shape"]), np.dtype(start["dtype"])
+        self._check_chunk = lambda payload: check_bslz4(payload, nbytes, itemsize)
 
     def _setup_kernels(self, start: dict) -> None:
         """Build the run's kernel chain before READY: every kernel compiled, every buffer
@@ -201,6 +217,12 @@ class Worker:
             header.sender = self.cfg.index
             self._send(link, push, header.pack(), payload, copy)
             return
+        if self._check_chunk is not None and header.encoding == Encoding.BSLZ4:
+            try:
+                self._check_chunk(payload)
+            except ProtocolError as exc:
+                self._failed(link, push, header, f"frame {header.frame_id} as it came: {exc}")
+                return
         if self.chain is not None:
             try:
                 if header.encoding == Encoding.BSLZ4 and self.unpacked is not None:
@@ -211,12 +233,7 @@ class Worker:
                     pixels = payload_view(header, payload)
                 out = self.chain.apply(pixels, frame_id=header.frame_id)
             except StreamNodeError as exc:  # a kernel failed (or the frame is not raw)
-                self.failed += 1
-                reason = str(exc)  # names the kernel and the frame
-                if self.failed <= WARN_LIMIT:
-                    log.warning("worker %s: %s", self.cfg.name, reason)
-                self._send(link, push, *failure_record(header, self.out_shape, self.out_dtype,
-                                                       reason, self.cfg.index), False)
+                self._failed(link, push, header, str(exc))  # names the kernel and the frame
                 return
             header = frame_header(out, header.run_id, header.frame_id, header.timestamp_ns,
                                   self.cfg.index, header.flags, header.parts)
@@ -232,6 +249,15 @@ class Worker:
         self._send(link, push, header.pack(), payload, copy)
         self.frames += 1
         self.bytes += header.payload_bytes
+
+    def _failed(self, link: ControlLink, push: zmq.Socket, header: FrameHeader,
+                reason: str) -> None:
+        """The frame cannot go on: a record saying why goes in its place (it is not lost)."""
+        self.failed += 1
+        if self.failed <= WARN_LIMIT:
+            log.warning("worker %s: %s", self.cfg.name, reason)
+        self._send(link, push, *failure_record(header, self.out_shape, self.out_dtype, reason,
+                                               self.cfg.index), False)
 
     def _send(self, link: ControlLink, push: zmq.Socket, header: bytes, payload: Any,
               copy: bool) -> None:

@@ -8,8 +8,9 @@ Endpoints name the protocol before the ZeroMQ transport, and `stream-node source
                                 PULL or SUB: `?pattern=req|pull|sub`)
 
 Query options after the address apply to every protocol: `?timeout=S` (how long the detector may
-stay silent, default the source's `--origin-timeout`), `?verify=structure|full` (how a compressed
-blob is checked: its block structure, or by decompressing it), `?decompress=1` (compressed frames
+stay silent, default the source's `--origin-timeout`), `?verify=header|structure|full` (how the
+source checks a compressed blob: its header, the workers then walk its blocks (default); its
+block structure itself; or by decompressing it), `?decompress=1` (compressed frames
 become raw pixels at the source instead of passing through), and per protocol those its module
 documents (DECTRIS v1: `?verify_hash=1`).
 Importing this package registers the schemes (see `stream_node.origins.open_origin`); a module's

@@ -4,8 +4,9 @@ A DECTRIS `bs16-lz4<` / `bs32-lz4<` blob (SIMPLON v1) and a stream2 `bslz4` byte
 HDF5 filter-32008 chunks: a 12-byte big-endian header (uncompressed bytes: u64, block bytes: u32),
 then one `u32 BE size + LZ4 block` per block of bit-shuffled data, then the trailing bytes that
 do not fill a group of 8 elements, stored raw. Such a chunk goes into the file as it came
-(`write_direct_chunk`); `check_bslz4` walks its block structure (tens of us per 4 MiB frame,
-compiled) so a truncated or garbled blob is caught at the origin, not by a reader months later.
+(`write_direct_chunk`); `check_bslz4` checks its header at the origin, and walks its block
+structure (tens of us per 4 MiB frame, compiled) in the workers, in parallel, so a truncated or
+garbled blob is caught in the run, not by a reader months later.
 A blob whose structure is intact but whose LZ4 bytes are damaged passes that walk; `verify=full`
 on the endpoint decompresses every frame as well (the cost is in bench/protocols.py).
 
@@ -80,9 +81,10 @@ _WALK_REASONS = {-1: "a block's size field is cut off", -2: "a block runs past t
                  -3: "bytes after the last block do not match", -4: "an empty block"}
 
 
-def check_bslz4(blob: Any, nbytes: int, itemsize: int) -> np.ndarray:
+def check_bslz4(blob: Any, nbytes: int, itemsize: int, walk: bool = True) -> np.ndarray:
     """The blob as a uint8 view after checking it is a filter-32008 chunk of `nbytes` bytes of
-    `itemsize`-byte elements; ProtocolError saying what is wrong otherwise."""
+    `itemsize`-byte elements; ProtocolError saying what is wrong otherwise. `walk=False` checks
+    the header only: the source does that, and the workers walk the blocks, in parallel."""
     buf = np.frombuffer(blob, np.uint8)
     if buf.nbytes < HEADER.size:
         raise ProtocolError(f"bitshuffle/LZ4 blob of {buf.nbytes} bytes has no 12-byte header")
@@ -92,7 +94,7 @@ def check_bslz4(blob: Any, nbytes: int, itemsize: int) -> np.ndarray:
     if block_bytes == 0 or block_bytes % (_BLOCKED_MULT * itemsize):
         raise ProtocolError(f"bitshuffle/LZ4 blob has block size {block_bytes} bytes, not a "
                             f"multiple of {_BLOCKED_MULT * itemsize}")
-    code = _walk_blocks(buf, nbytes, block_bytes, itemsize)
+    code = _walk_blocks(buf, nbytes, block_bytes, itemsize) if walk else 0
     if code:
         raise ProtocolError(f"corrupt bitshuffle/LZ4 blob ({buf.nbytes} bytes): "
                             f"{_WALK_REASONS[code]}")
