@@ -74,3 +74,10 @@ def test_a_node_without_keys_cannot_join_a_keyed_topology(node, ipc, tmp_path, k
                   "--ready-timeout", "3")
     code, _, err = finish(worker)
     assert code in (ExitCode.CONFIG, ExitCode.PEER_TIMEOUT), err
+
+
+def test_a_keys_directory_without_keys_is_a_config_error(tmp_path, capsys):
+    code = main(["worker", "--keys", str(tmp_path / "nothing"), "--control", "ipc:///x",
+                 "--input", "ipc:///y", "--output", "ipc:///z"])
+    assert code == ExitCode.CONFIG
+    assert "cannot load CURVE keys" in capsys.readouterr().err

@@ -235,3 +235,31 @@ def test_a_restarted_topology_purges_what_a_killed_run_left(node, tmp_path):
     run_ = check_ledger(tmp_path / "run.h5", 300)
     assert run_.missing == {}
     assert run_.counters["dropped_foreign"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_reliable_mode_refuses_a_ring_fanout_by_name(node, tmp_path):
+    source = node("source", "--control", f"ipc://{tmp_path}/c", "--data", "ring://sn-no-such",
+                  "--reliable", "--frames", "5")
+    code, _, err = finish(source)
+    assert code == ExitCode.CONFIG
+    assert "reliable mode is for a ZeroMQ fan-out" in err, err
+
+
+@pytest.mark.timeout(90)
+def test_resume_refuses_the_file_of_another_run(node, tmp_path):
+    """--resume reopens only the file of the same run: another run's file stays untouched."""
+    from test_pipeline import start_roles
+
+    path = tmp_path / "run.h5"
+    source, collector, _ = start_roles(node, Endpoints(tmp_path, "ipc"), path, 1, frames=10)
+    assert finish(source)[0] == ExitCode.OK
+    finish(collector)
+    before = path.read_bytes()
+    source, collector, _ = start_roles(node, Endpoints(tmp_path, "ipc"), path, 1, frames=10,
+                                       extra_collector=("--resume",), ready_timeout=10)
+    code, _, err = finish(collector)
+    assert code == ExitCode.CONFIG
+    assert "resume only the file of the same run" in err, err
+    assert finish(source)[0] != ExitCode.OK
+    assert path.read_bytes() == before

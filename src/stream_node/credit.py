@@ -65,13 +65,8 @@ class CreditOutput:
     def reserve(
         self, shape: tuple[int, ...], dtype: np.dtype, timeout_ms: int
     ) -> np.ndarray | None:
-        self.wait(0)
-        if self.in_window() >= self.window:
-            self.wait(timeout_ms)
-            if self.in_window() >= self.window:
-                return None
         # A new buffer per frame: it is kept until the collector has written the frame.
-        return np.empty(shape, dtype)
+        return np.empty(shape, dtype) if self._room(timeout_ms) else None
 
     def commit(self, header: FrameHeader, buffer: Any) -> bool:
         self.pending.append((header.frame_id, header.pack(), buffer))
@@ -79,9 +74,7 @@ class CreditOutput:
         return True
 
     def put(self, header: FrameHeader, payload: Any, timeout_ms: int) -> bool:
-        if self.reserve((0,), np.dtype(np.uint8), timeout_ms) is None:
-            return False
-        return self.commit(header, payload)
+        return self._room(timeout_ms) and self.commit(header, payload)
 
     def end(self) -> None:
         """The end of the run travels on the control channel; held frames stay until ACKed."""
@@ -93,6 +86,13 @@ class CreditOutput:
         return (f"reliable fan-out (credit), window {self.window} frames "
                 f"(~{self.window * self.frame_bytes / 2**20:.0f} MiB); "
                 + self.limits.describe(self.frame_bytes))
+
+    def _room(self, timeout_ms: int) -> bool:
+        """Whether the window takes one more frame, waiting up to `timeout_ms` for ACKs."""
+        self.wait(0)
+        if self.in_window() >= self.window:
+            self.wait(timeout_ms)
+        return self.in_window() < self.window
 
     # -- what the source tells it --------------------------------------------------------
 
