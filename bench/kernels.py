@@ -201,24 +201,26 @@ def rows_for(shape: tuple[int, int], mode: Mode, gain_only: bool = False) -> lis
     e_fast, e_ref = pair(shape, np.float32)
     raws = {kind: aligned_copy(raw_frame(shape, kind, rng))
             for kind in ("spots", "all G0", "uniform 3%")}
-    packed = _numba.pack_gain_maps(ped, gain)  # as build_chain stores the maps
+    packed = _numba.pack_gain_maps(ped, gain)  # as build_chain stores the maps ...
+    scratch = _numba.gain_scratch()  # ... and the index buffers
+    threads = numba.get_num_threads()
     for kind, raw in raws.items():
         rows.append(kernel_row(
             "gain_correction", label, "u16 -> f32", 15 * px, px,
             _numba.gain_correction_packed, reference.gain_correction,
-            (raw, e_fast, *packed, mask, 0.0), (raw, e_ref, ped, gain, mask, 0.0),
+            (raw, e_fast, *packed, mask, 0.0, scratch), (raw, e_ref, ped, gain, mask, 0.0),
             ((e_fast,), (e_ref,)), mode,
             note=f"{kind} frame, mask; reads raw 2 + 3 maps (ped, gain, mask) 9, writes 4 B/px"))
     rows.append(kernel_row(
         "gain_correction unpacked", label, "u16 -> f32", 15 * px, px,
         _numba.gain_correction, reference.gain_correction,
-        (raws["spots"], e_fast, ped, gain, mask, 0.0),
+        (raws["spots"], e_fast, ped, gain, mask, 0.0, scratch),
         (raws["spots"], e_ref, ped, gain, mask, 0.0), ((e_fast,), (e_ref,)), mode,
         note="spots frame, maps as given (3, ny, nx): G1/G2 pedestal and gain not interleaved"))
-    threads = numba.get_num_threads()
     par = kernel_row("gain_correction parallel", label, "u16 -> f32", 15 * px, px,
                      _numba.gain_correction_packed_parallel, reference.gain_correction,
-                     (raws["spots"], e_fast, *packed, mask, 0.0),
+                     (raws["spots"], e_fast, *packed, mask, 0.0,
+                      _numba.gain_scratch(threads)),
                      (raws["spots"], e_ref, ped, gain, mask, 0.0),
                      ((e_fast,), (e_ref,)), mode, note=f"spots frame, {threads} Numba threads")
     rows.append(par)

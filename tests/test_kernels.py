@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +14,8 @@ from stream_node.kernels import KERNELS, KernelError, _numba, build_chain, refer
 from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.registry import binned_dtype
 
-# Small shapes, but up to ~12k pixels so the gain correction's full 4096-pixel chunks (and their
-# 64-pixel G1/G2 bit-mask path) are exercised, not only its short-tail path.
+# Small shapes, but up to ~12k pixels so the gain correction's 64-pixel G1/G2 bit-mask path is
+# exercised, not only its short-tail path (several 32768-pixel chunks: the parallel test below).
 SHAPES = st.tuples(st.integers(1, 80), st.integers(1, 150))
 SEEDS = st.integers(0, 2**32 - 1)
 FAST = settings(max_examples=25, deadline=None,
@@ -77,22 +79,24 @@ def test_gain_correction_matches_reference(shape, seed, with_mask, nasty, fill):
                          ids=["all-G0", "spots", "all-high"])
 def test_gain_correction_parallel_matches_serial_and_reference(p_stage):
     rng = np.random.default_rng(1)
-    shape = (97, 211)  # several 4096-pixel chunks and a short tail
+    shape = (397, 211)  # two 32768-pixel chunks and a short tail (not a multiple of 64)
     raw = raw_frame(rng, shape, p_stage)
     ped, gain = maps(rng, shape)
     mask = (rng.random(shape) < 0.05).astype(np.uint8)
     ref = np.empty(shape, np.float32)
     n_ref = reference.gain_correction(raw, ref, ped, gain, mask, 0.0)
     packed = _numba.pack_gain_maps(ped, gain)
+    # without scratch (each call allocates), with one row, and with more rows than chunks
+    scratches = ((), (_numba.gain_scratch(),), (_numba.gain_scratch(5),))
     for fn, maps_ in ((_numba.gain_correction, (ped, gain)),
                       (_numba.gain_correction_parallel, (ped, gain)),
                       (_numba.gain_correction_packed, packed),
                       (_numba.gain_correction_packed_parallel, packed)):
-        for m in (mask, None):
+        for m, scratch in itertools.product((mask, None), scratches):
             out = np.empty(shape, np.float32)
             n_want = n_ref if m is mask else reference.gain_correction(raw, ref, ped, gain,
                                                                        None, 0.0)
-            assert fn(raw, out, *maps_, m, 0.0) == n_want
+            assert fn(raw, out, *maps_, m, 0.0, *scratch) == n_want
             want = ref.copy()
             reference.gain_correction(raw, want, ped, gain, m, 0.0)
             assert_same(out, want)

@@ -36,23 +36,31 @@ _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
 # Gain correction walks the frame in chunks of _CHUNK pixels. For each chunk, one vectorised loop
 # computes every pixel as if it were G0, reading only the G0 maps, and ORs the raw values; this is
 # the whole cost of an all-G0 frame, and it streams 15 B/pixel. Only if that OR has a G1/G2 bit
-# are the chunk's raw values read again (from L1), 64 at a time as a bit mask (`_high_bits`: one
-# vector compare), and each G1/G2 pixel is redone on its own from its stage's pedestal and gain.
-# On real frames (Bragg spots, a direct beam) G1/G2 pixels are a small part of the detector, so
-# the G1/G2 maps are read only where those pixels are. A chain stores them interleaved
-# (`pack_gain_maps`: a (pedestal, gain) pair per pixel and stage), so such a pixel costs one cache
-# line of maps, not two.
+# are the chunk's raw values read again (from L2), 64 at a time as a bit mask (`_high_bits`: one
+# vector compare): each G1/G2 pixel's index goes into a scratch buffer and its map line is asked
+# for at once (`_prefetch`), and then those pixels are redone one by one from their stage's
+# pedestal and gain. On real frames (Bragg spots, a direct beam) G1/G2 pixels are a small part of
+# the detector, so the G1/G2 maps are read only where those pixels are. A chain stores them
+# interleaved (`pack_gain_maps`: a (pedestal, gain) pair per pixel and stage), so such a pixel
+# costs one cache line of maps, not two.
 #
-# Measured on the 2-core Zen 5 development machine (one core, bench/kernels.py), against the
-# previous version, which redid whole 16-pixel blocks branch-free after a scan of every block of a
-# chunk: that scan, not the maps, was most of the cost of a "spots" frame, and the blocks with a
-# G1/G2 pixel most of the cost of a frame with 3 % of them scattered uniformly. Tried and not
-# kept: prefetching the G1/G2 map lines a chunk ahead, software prefetch of the G0 streams, and
-# non-temporal stores of the output through an L1 buffer (all slower or no faster here).
+# Measured on the 2-core Zen 5 development machine (one core, bench/kernels.py, 2048x2048):
+# * The chunk was 4096 pixels and each G1/G2 pixel was redone as the scan found it: the scan
+#   between two chunks stalled the streams (the G0 pass restarts cold), and every G1/G2 map line
+#   was a miss the scan waited for, one after the other. Spots frame 0.48x roofline, uniform-3%
+#   frame 0.34x.
+# * Chunks of 32768 pixels (still in a 1 MiB L2) make the stalls 8x rarer; collecting indices
+#   with a prefetch per pixel puts all of a chunk's map misses in flight together, and the redo
+#   loop then finds them in cache: spots 0.68-0.71x, uniform 3% 0.54x. Redoing a chunk's pixels
+#   one chunk later, to give the prefetches more time, was slower (0.66x, 0.50x).
+# Tried and not kept: a branch-free collect with AVX-512 compress stores (slower: 0.60x spots),
+# software prefetch of the G0 streams, and non-temporal stores of the output through an L1
+# buffer (no faster).
 #
 # Loops index with unsigned offsets (or run over range(len)): with a signed range(a, b) Numba
 # cannot tell that a is not negative and wraps every index, which turns vector loads into gathers.
-_CHUNK = 4096
+_CHUNK = 32768
+_PARTS = 8  # parts of a frame for the parallel variants called without scratch
 _GROUP = 64  # pixels per `_high_bits` mask
 _ADC = 0x3FFF
 _HIGH = 0x4000  # bit 14: set for G1 (0b01) and G2 (0b11), clear for G0 and the invalid 0b10
@@ -94,6 +102,29 @@ def _lowest_bit(typingctx, bits):
         return builder.call(fn, [args[0], ir.IntType(1)(1)])
 
     return types.uint64(bits), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, s, x):
+    """Ask for the cache line of arr[s, x] (arr[s, x, 0] for a 3-D arr) without waiting for it
+    (llvm.prefetch, read, keep in all levels)."""
+    if not isinstance(arr, types.Array) or arr.ndim not in (2, 3):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        index = [context.cast(builder, v, t, types.intp)
+                 for v, t in zip(args[1:], signature.args[1:], strict=True)]
+        index += [context.get_constant(types.intp, 0)] * (aryty.ndim - 2)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, index, wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, s, x), codegen
 
 
 def pack_gain_maps(pedestal: np.ndarray, gain: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -150,6 +181,20 @@ def _stage_maps_typed(high, s, x):
     return lambda high, s, x: (high[s, x, 0], high[s, x, 1])
 
 
+def _prefetch_maps(high, s, x):
+    """Ask for the cache lines of pixel x's stage s + 1 maps (`high` as in `_stage_maps`)."""
+
+
+@overload(_prefetch_maps, jit_options=_OPTS)
+def _prefetch_maps_typed(high, s, x):
+    if isinstance(high, types.BaseTuple):
+        def both(high, s, x):
+            _prefetch(high[0], s + 1, x)
+            _prefetch(high[1], s + 1, x)
+        return both
+    return lambda high, s, x: _prefetch(high, s, x)
+
+
 @njit(**_OPTS)
 def _redo_pixel(r, o, high, m, x):
     """Pixel x, a G1/G2 one, from its stage's maps; a masked one keeps `_g0_pass`'s fill."""
@@ -163,105 +208,135 @@ def _redo_pixel(r, o, high, m, x):
 
 
 @njit(**_OPTS)
-def _redo_high(r, o, high, m, a, b):
-    """Redo the G1/G2 pixels of [a, b): whole groups of 64 through their bit mask, then the
+def _collect(r, high, a, b, idx, k):
+    """Append the G1/G2 pixels of [a, b) to idx from k on, and ask for their map lines
+    (`_prefetch_maps`); returns the new end. Whole groups of 64 go through their bit mask, the
     pixels after the last whole group one by one."""
     group = np.uint64(_GROUP)
     g = a
     while g + group <= b:
         bits = _high_bits(r, g)
         while bits:
-            _redo_pixel(r, o, high, m, g + _lowest_bit(bits))
+            x = g + _lowest_bit(bits)
+            idx[k] = x
+            _prefetch_maps(high, r[x] >> 15, x)
+            k += 1
             bits &= bits - _ONE
         g += group
     for x in range(g, b):
         if r[x] & _HIGH:
-            _redo_pixel(r, o, high, m, x)
+            idx[k] = x
+            _prefetch_maps(high, r[x] >> 15, x)
+            k += 1
+    return k
 
 
 @njit(**_OPTS)
-def _correct_chunk(r, o, p0, g0, high, m, fill, c):
-    """Chunk number c (the frame's last one may be short); returns how many were filled."""
-    a = np.uint64(c * _CHUNK)
-    b = np.uint64(min(c * _CHUNK + _CHUNK, r.size))
-    n, acc = _g0_pass(r, o, p0, g0, m, fill, a, b)
-    if acc & _HIGH:
-        _redo_high(r, o, high, m, a, b)
-    return n
-
-
-@njit(**_OPTS)
-def _correct_serial(r, o, p0, g0, high, m, fill):
+def _correct_range(r, o, p0, g0, high, m, fill, idx, c0, c1):
+    """Chunks [c0, c1) (the frame's last one may be short); returns how many were filled."""
     n = 0
-    for c in range((r.size + _CHUNK - 1) // _CHUNK):
-        n += _correct_chunk(r, o, p0, g0, high, m, fill, c)
+    size = np.uint64(r.size)
+    chunk = np.uint64(_CHUNK)
+    for c in range(c0, c1):
+        a = np.uint64(c) * chunk
+        b = min(a + chunk, size)
+        filled, acc = _g0_pass(r, o, p0, g0, m, fill, a, b)
+        n += filled
+        if acc & _HIGH:
+            for i in range(_collect(r, high, a, b, idx, 0)):
+                _redo_pixel(r, o, high, m, np.uint64(idx[i]))
     return n
+
+
+@njit(**_OPTS)
+def _correct(r, o, p0, g0, high, m, fill, scratch):
+    chunks = (r.size + _CHUNK - 1) // _CHUNK
+    if scratch is None:
+        return _correct_range(r, o, p0, g0, high, m, fill, np.empty(_CHUNK, np.uint32),
+                              0, chunks)
+    return _correct_range(r, o, p0, g0, high, m, fill, scratch[0], 0, chunks)
 
 
 @njit(parallel=True, **_OPTS)
-def _correct_parallel(r, o, p0, g0, high, m, fill):
-    n = 0
-    for c in prange((r.size + _CHUNK - 1) // _CHUNK):
-        n += _correct_chunk(r, o, p0, g0, high, m, fill, c)
-    return n
+def _correct_parallel(r, o, p0, g0, high, m, fill, scratch):
+    """The chunks split into one contiguous range per row of scratch, run by Numba's threads."""
+    chunks = (r.size + _CHUNK - 1) // _CHUNK
+    if scratch is None:
+        scratch = np.empty((_PARTS, _CHUNK), np.uint32)
+    parts = max(1, min(scratch.shape[0], chunks))
+    counts = np.zeros(parts, np.int64)
+    for t in prange(parts):
+        counts[t] = _correct_range(r, o, p0, g0, high, m, fill, scratch[t],
+                                   t * chunks // parts, (t + 1) * chunks // parts)
+    return counts.sum()
+
+
+def gain_scratch(threads: int = 1) -> np.ndarray:
+    """The index buffers the gain correction kernels work in, made once (a chain does) so that
+    no call allocates. The parallel variants split the frame into one part per row: give them
+    ``numba.get_num_threads()`` rows (without scratch they use `_PARTS`)."""
+    return aligned_empty((max(1, threads), _CHUNK), np.uint32)
 
 
 @njit(**_OPTS)
 def gain_correction(raw: np.ndarray, out: np.ndarray, pedestal: np.ndarray, gain: np.ndarray,
-                    mask: np.ndarray | None, fill: float) -> int:
+                    mask: np.ndarray | None, fill: float,
+                    scratch: np.ndarray | None = None) -> int:
     """See `reference.gain_correction`: energy = (ADC - pedestal[g]) / gain[g], float32.
 
     Reads the maps as given; a chain runs `gain_correction_packed` on `pack_gain_maps` of them
-    (same results, G1/G2 pixels cheaper)."""
+    (same results, G1/G2 pixels cheaper). Without `scratch` (`gain_scratch()`) each call
+    allocates its index buffer."""
     n = raw.size
     ped = pedestal.reshape((3, n))
     gn = gain.reshape((3, n))
     if mask is None:
-        return _correct_serial(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn), None,
-                               np.float32(fill))
-    return _correct_serial(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn),
-                           mask.reshape(n), np.float32(fill))
+        return _correct(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn), None,
+                        np.float32(fill), scratch)
+    return _correct(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn), mask.reshape(n),
+                    np.float32(fill), scratch)
 
 
 @njit(**_OPTS)
 def gain_correction_parallel(raw: np.ndarray, out: np.ndarray, pedestal: np.ndarray,
-                             gain: np.ndarray, mask: np.ndarray | None,
-                             fill: float) -> int:
+                             gain: np.ndarray, mask: np.ndarray | None, fill: float,
+                             scratch: np.ndarray | None = None) -> int:
     """`gain_correction` with the chunks shared among Numba's threads (same results)."""
     n = raw.size
     ped = pedestal.reshape((3, n))
     gn = gain.reshape((3, n))
     if mask is None:
         return _correct_parallel(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn), None,
-                                 np.float32(fill))
+                                 np.float32(fill), scratch)
     return _correct_parallel(raw.reshape(n), out.reshape(n), ped[0], gn[0], (ped, gn),
-                             mask.reshape(n), np.float32(fill))
+                             mask.reshape(n), np.float32(fill), scratch)
 
 
 @njit(**_OPTS)
 def gain_correction_packed(raw: np.ndarray, out: np.ndarray, pedestal0: np.ndarray,
                            gain0: np.ndarray, pairs: np.ndarray, mask: np.ndarray | None,
-                           fill: float) -> int:
+                           fill: float, scratch: np.ndarray | None = None) -> int:
     """`gain_correction` on the maps of `pack_gain_maps(pedestal, gain)` (same results)."""
     n = raw.size
     r, o = raw.reshape(n), out.reshape(n)
     p0, g0, high = pedestal0.reshape(n), gain0.reshape(n), pairs.reshape((2, n, 2))
     if mask is None:
-        return _correct_serial(r, o, p0, g0, high, None, np.float32(fill))
-    return _correct_serial(r, o, p0, g0, high, mask.reshape(n), np.float32(fill))
+        return _correct(r, o, p0, g0, high, None, np.float32(fill), scratch)
+    return _correct(r, o, p0, g0, high, mask.reshape(n), np.float32(fill), scratch)
 
 
 @njit(**_OPTS)
 def gain_correction_packed_parallel(raw: np.ndarray, out: np.ndarray, pedestal0: np.ndarray,
                                     gain0: np.ndarray, pairs: np.ndarray,
-                                    mask: np.ndarray | None, fill: float) -> int:
+                                    mask: np.ndarray | None, fill: float,
+                                    scratch: np.ndarray | None = None) -> int:
     """`gain_correction_packed` with the chunks shared among Numba's threads."""
     n = raw.size
     r, o = raw.reshape(n), out.reshape(n)
     p0, g0, high = pedestal0.reshape(n), gain0.reshape(n), pairs.reshape((2, n, 2))
     if mask is None:
-        return _correct_parallel(r, o, p0, g0, high, None, np.float32(fill))
-    return _correct_parallel(r, o, p0, g0, high, mask.reshape(n), np.float32(fill))
+        return _correct_parallel(r, o, p0, g0, high, None, np.float32(fill), scratch)
+    return _correct_parallel(r, o, p0, g0, high, mask.reshape(n), np.float32(fill), scratch)
 
 
 @njit(**_OPTS)

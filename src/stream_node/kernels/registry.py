@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any
 
+import numba
 import numpy as np
 
 from stream_node.errors import ConfigError
@@ -153,11 +154,13 @@ def _build_gain_correction(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
         return GainStage(p.label, "gain_correction", impl.gain_correction,
                          (pedestal, gain, mask, fill), shape, np.dtype(np.float32),
                          n_masked=n_masked)
-    # The Numba kernel reads the G1/G2 maps as (pedestal, gain) pairs: interleaved once, here.
+    # The Numba kernel reads the G1/G2 maps as (pedestal, gain) pairs: interleaved once, here;
+    # its index buffers too (a row per thread), so that no frame allocates.
     assert pedestal is not None and gain is not None
     fn = _numba.gain_correction_packed_parallel if parallel else _numba.gain_correction_packed
+    scratch = _numba.gain_scratch(numba.get_num_threads() if parallel else 1)
     return GainStage(p.label, "gain_correction", fn,
-                     (*_numba.pack_gain_maps(pedestal, gain), mask, fill), shape,
+                     (*_numba.pack_gain_maps(pedestal, gain), mask, fill, scratch), shape,
                      np.dtype(np.float32), n_masked=n_masked)
 
 
