@@ -124,6 +124,8 @@ class DectrisOrigin(ReceivedOrigin):
         super().__init__(address, options, known=("verify_hash",))
         try:
             self.verify_hash = self.flag("verify_hash")
+            self._desc: dict | None = None  # the last dimage_d part checked (less its size)
+            self._kind = ""
             self.header = self.wait_for("dheader-1.0 series header", self._header)
             self.series_id = int(self.head["series"])
             self.shape, self.dtype, kinds = self._geometry()
@@ -276,9 +278,8 @@ class DectrisOrigin(ReceivedOrigin):
         if len(parts) < 4:
             raise ProtocolFault("invalid", f"{where}: {len(parts)} parts, 4 expected", frame_id)
         self.check_id(frame_id, where)
-        desc = self._image_d(parts[1], frame_id)
+        kind, size = self._image_d(parts[1], frame_id)
         blob = parts[2].buffer
-        size = desc.get("size")
         if isinstance(size, int) and size != blob.nbytes:
             raise ProtocolFault("wrong_size", f"{where}: blob has {blob.nbytes} bytes, "
                                 f"{IMAGE_D} says {size}", frame_id)
@@ -288,7 +289,6 @@ class DectrisOrigin(ReceivedOrigin):
             if mine != digest.lower():
                 raise ProtocolFault("hash_mismatch", f"{where}: md5 of the {blob.nbytes}-byte "
                                     f"blob is {mine}, {IMAGE} says {digest}", frame_id)
-        kind = desc["kind"]
         if kind == "lz4":
             try:
                 blob = lz4_block(blob, self.frame_nbytes)
@@ -307,18 +307,28 @@ class DectrisOrigin(ReceivedOrigin):
                     self.record(f"{name}_ns", frame_id, times[name])
         self.deliver(out, ctl, frame_id, payload)
 
-    def _image_d(self, part: Any, frame_id: int) -> dict:
+    def _image_d(self, part: Any, frame_id: int) -> tuple[str, Any]:
+        """(kind of blob, its "size" field) from frame `frame_id`'s dimage_d part. A detector
+        sends the same part with every frame of a series but for the size, so a part equal to
+        the last one checked is not checked again."""
         where = f"{IMAGE_D} of frame {frame_id}"
         try:
             desc = json_part(part)
+        except ProtocolError as exc:
+            raise ProtocolFault("invalid", f"{where}: {exc}", frame_id) from None
+        size = desc.pop("size", None)
+        if desc == self._desc:
+            return self._kind, size
+        try:
             if desc.get("htype") != IMAGE_D:
                 raise ProtocolError(f"htype {desc.get('htype')!r}")
             x, y = (int(n) for n in desc["shape"])
             dtype = np.dtype(DTYPES[desc["type"]])
-            desc["kind"] = parse_encoding(desc.get("encoding"), dtype)
+            kind = parse_encoding(desc.get("encoding"), dtype)
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
             raise ProtocolFault("invalid", f"{where}: {exc}", frame_id) from None
         if (y, x) != tuple(self.shape) or dtype != self.dtype:
             raise ProtocolFault("wrong_size", f"{where}: shape [x, y] = [{x}, {y}] {dtype}, the "
                                 f"series has {list(self.shape[::-1])} {self.dtype}", frame_id)
-        return desc
+        self._desc, self._kind = desc, kind
+        return kind, size

@@ -10,7 +10,6 @@ recorded missing with the reason, so the file's ledger says what the detector fa
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from abc import abstractmethod
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import orjson
 import zmq
 
 from stream_node import compression
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 WARN_LIMIT = 5  # log the first few faults of each kind; the counters hold them all
 RCVHWM = 64  # messages queued from the detector; beyond them the detector's PUSH waits
-_JSON = json.JSONDecoder().decode
 
 
 class ProtocolFault(ProtocolError):
@@ -87,10 +86,11 @@ def swap_out(buf: np.ndarray, where: np.ndarray, count: int,
 
 
 def json_part(part: Any) -> dict:
-    """A JSON object from one message part; ProtocolError if it is not one."""
-    try:  # the decoder itself: json.loads would first guess the bytes' encoding (UTF-8 here)
-        value = _JSON(bytes(memoryview(part)).decode())
-    except (UnicodeDecodeError, ValueError) as exc:
+    """A JSON object from one message part; ProtocolError if it is not one (orjson: a DECTRIS
+    frame has three of these, and json's 1.3 us each were most of the origin's own time)."""
+    try:
+        value = orjson.loads(memoryview(part))
+    except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"JSON part is a {type(value).__name__}, not an object")
