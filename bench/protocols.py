@@ -12,7 +12,12 @@ receiver does `recv_multipart(copy=False)` of every message and nothing else; th
 parses, checks (bslz4: the chunk header; the workers walk the block structure, see the
 pipeline table) and hands each frame to an output that takes it at once. Trials
 alternate baseline / origin (so drift hits both alike); the table shows the median of
-each and the median of the per-pair ratios. Floor: origin >= 0.9x baseline.
+each and the median of the per-pair ratios. Floor: origin >= 0.9x baseline. The receiving
+process's CPU time per frame (user + system, from getrusage) is shown for both: on this 2-core
+host the sender and both sides' ZeroMQ I/O threads share the cores, so a trial's rate swings
+by up to 2x with scheduling and with how the allocator serves ZeroMQ's message buffers (page
+faults: most of the system time; the bench applies `stream_node.allocator`'s settings, as every
+node does, to both), while the CPU figure shows what the origin itself adds.
 
 Pipeline: a sender process, `stream-node source --from dectris+tcp://...`, one worker (no
 kernels) and a collector writing the HDF5 file, all real processes, as a user starts them. The
@@ -34,6 +39,7 @@ import argparse
 import hashlib
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,6 +54,7 @@ from zmq.utils.monitor import recv_monitor_message
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import protocol_senders as ps
+from stream_node.allocator import keep_message_buffers
 from stream_node.origins import OriginOptions, open_origin
 
 SHAPE = (1024, 2048)  # 4 MiB of uint16
@@ -129,6 +136,11 @@ class NoControl:
     stopping = False
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Sender:
     """The sender process of one case, and the trials run against it."""
 
@@ -143,8 +155,10 @@ class Sender:
         self.ctl.connect(f"tcp://127.0.0.1:{line[2]}")
         self.messages = frames + (0 if protocol == "karabo" else 2)  # + header and end
 
-    def trial(self, mode: str) -> float:
-        """Seconds for one series received by `mode` ("pyzmq" or "origin")."""
+    def trial(self, mode: str) -> tuple[float, float]:
+        """(seconds for one series received by `mode`, "pyzmq" or "origin"; CPU seconds, user
+        and system, this receiving process spent on it)."""
+        cpu0 = _cpu_seconds()
         self.ctl.send(b"go")
         if mode == "pyzmq":
             pull = zmq.Context.instance().socket(zmq.PULL)
@@ -159,8 +173,9 @@ class Sender:
             done = origin.emit(TakeAll(), 1, NoControl())
             origin.close()
             assert done.sent == self.frames and not done.missing, done
+        cpu = _cpu_seconds() - cpu0
         self.ctl.send(b"done")
-        return float(self.ctl.recv_string())
+        return float(self.ctl.recv_string()), cpu
 
     def close(self) -> None:
         self.ctl.send(b"quit")
@@ -170,7 +185,8 @@ class Sender:
 
 def ingest(protocol: str, encoding: str, frames: int, pairs: int) -> dict[str, float]:
     """Rates (frames/s) of the baseline and the origin, and the ratio: the median of the
-    pairs' ratios, with the lowest and highest."""
+    pairs' ratios, with the lowest and highest; and each one's median receiving-process CPU
+    time per frame (us, user + system)."""
     sender = Sender(protocol, encoding, frames)
     try:
         sender.trial("pyzmq"), sender.trial("origin")  # warm: imports, caches, allocator
@@ -182,9 +198,12 @@ def ingest(protocol: str, encoding: str, frames: int, pairs: int) -> dict[str, f
         sender.close()
     detector_blocks()
     _, body, _ = build(protocol, encoding, 1)
-    return {"base": frames / statistics.median(base), "origin": frames / statistics.median(mine),
-            "ratio": statistics.median(ratios := [b / m for b, m in zip(base, mine, strict=True)]),
-            "low": min(ratios), "high": max(ratios),
+    ratios = [b / m for (b, _), (m, _) in zip(base, mine, strict=True)]
+    return {"base": frames / statistics.median(t for t, _ in base),
+            "origin": frames / statistics.median(t for t, _ in mine),
+            "ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios),
+            "cpu_base": statistics.median(c for _, c in base) / frames * 1e6,
+            "cpu_origin": statistics.median(c for _, c in mine) / frames * 1e6,
             "wire": sum(memoryview(p).nbytes for p in body[0])}
 
 
@@ -269,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--serve-once", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # Receivers here run with the malloc settings every stream-node node applies (see
+    # stream_node.allocator): without them a trial's rate depends on whether glibc happens to
+    # fault each message's pages in again, for the raw pyzmq baseline and the origin alike.
+    keep_message_buffers()
     if args.serve:
         serve(args.serve[0], args.serve[1], int(args.serve[2]))
         return 0
@@ -279,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     # every series lasts about 0.3 s: an origin's set-up per series (connect, series header:
     # about 5 ms, paid once per run in real use) stays a few percent of it. The sender holds
     # one series in memory (up to 2 GB).
-    frames, pairs, more = (512, 9, 4) if args.full else (256, 5, 8)
+    frames, pairs, more = (512, 15, 4) if args.full else (256, 9, 8)
     ok = True
     print(f"{os.cpu_count()} CPUs; frames of {SHAPE[0]}x{SHAPE[1]} uint16 (4 MiB), "
           "tcp loopback")
@@ -287,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nIngest: {frames} raw or {more * frames} bslz4 frames per series, {pairs} "
               "interleaved pairs of series, medians\n")
         print("| protocol | payload | MB per frame | raw pyzmq frames/s | GB/s | origin frames/s "
-              "| GB/s | ratio | pairs' range | floor |")
-        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+              "| GB/s | ratio | pairs' range | receiver CPU us/frame (pyzmq / origin) | floor |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
         for protocol, encoding in CASES:
             n = frames * (more if encoding in ("bs16-lz4<", "bslz4") else 1)
             r = ingest(protocol, encoding, n, pairs)
@@ -298,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['base'] * r['wire'] / 1e9:.2f} | {r['origin']:.0f} | "
                   f"{r['origin'] * r['wire'] / 1e9:.2f} | {r['ratio']:.2f}x | "
                   f"{r['low']:.2f}-{r['high']:.2f} | "
+                  f"{r['cpu_base']:.0f} / {r['cpu_origin']:.0f} | "
                   f"{'ok' if good else 'BELOW'} >= 0.9x |", flush=True)
         print(f"\nmd5 of one frame's blob (DECTRIS `?verify_hash=1`): bs16-lz4 "
               f"{md5_cost_us('bs16-lz4<'):.0f} us, raw {md5_cost_us('<'):.0f} us")

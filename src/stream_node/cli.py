@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from stream_node import __version__
+from stream_node.allocator import keep_message_buffers
 from stream_node.config import env_defaults
 from stream_node.control import Liveness
 from stream_node.errors import ConfigError, ExitCode, StreamNodeError
@@ -543,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A file-size limit must give an I/O error the collector reports, not kill it silently.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     configure_logs(args.log_level, args.log_json)
+    keep_message_buffers()  # received frames reuse heap memory instead of faulting in new pages
     try:
         if getattr(args, "keys", None) is not None and args.command != "keys":
             from stream_node import security
