@@ -88,6 +88,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from _format import fmt, fmt_rate  # bench/ is on sys.path when run as a script
+from stream_node.allocator import keep_message_buffers
 from stream_node.endpoints import PullInput
 from stream_node.frame import FrameHeader, frame_header, payload_view
 from stream_node.run_file import open_run
@@ -190,6 +191,7 @@ def receive_sn(ctx: zmq.Context, conn: Connection, endpoint: str, count: int) ->
 def receiver_main(conn: Connection) -> None:
     """Serve ("run", path, endpoint, shape, count) requests until None; every reply is a
     (tag, payload) pair, ("error", traceback) when a run failed."""
+    keep_message_buffers()  # as a node does; for both paths, so the baseline gains as much
     ctx = zmq.Context()
     expected: dict[tuple[int, int], np.ndarray] = {}
     try:
@@ -573,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the fan-out pipeline's links (default ipc)")
     opts = ap.parse_args(argv)
     mode = FULL if opts.full else QUICK
+    keep_message_buffers()
 
     load0 = os.getloadavg()
     t_start = time.monotonic()
@@ -595,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{lim.rcvhwm}, SNDBUF/RCVBUF {lim.sndbuf >> 20}/{lim.rcvbuf >> 20} MiB, IMMEDIATE, "
               f"heartbeat {lim.heartbeat_ivl_ms} ms), "
               "send_frame / PullInput.take + FrameHeader.parse + payload_view; raw pyzmq: "
-              "default sockets, send_multipart/recv_multipart copy=False.\n")
+              "default sockets, send_multipart/recv_multipart copy=False. Both processes use "
+              "a node's malloc settings (stream_node.allocator), for both paths.\n")
         print(link_table(links))
         print(f"\nFloor (issue 6): stream-node >= {FLOOR}x raw pyzmq on the same link")
         print(link_floor(links))
