@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -159,6 +160,34 @@ def test_end_overtaking_queued_frames_loses_none(node, tmp_path):
     code, _out, err = finish(source)
     assert code == ExitCode.OK, err
     run = check_ledger(path, 40)
+    assert run.missing == {}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_a_collector_frozen_past_the_link_heartbeat_loses_nothing(node, tmp_path, transport):
+    """A collector frozen for 2.5 s, longer than a data link's own ZMTP heartbeat default
+    (1.5 s) but within --peer-timeout 5, is alive to the run. Its links must keep the frames
+    queued for it: before the links' heartbeat followed --peer-timeout, the worker's link
+    dropped them (the END-overtaking test above failed one run in three that way)."""
+    ep = Endpoints(tmp_path, transport)
+    control, fanout, fanin = ep("c"), ep("d"), ep("o")
+    path = tmp_path / "run.h5"
+    timing = ("--peer-timeout", "5", "--ready-timeout", "20")
+    collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
+                     *timing)
+    node("worker", "--control", control, "--input", fanout, "--output", fanin, *timing)
+    source = node("source", "--control", control, "--data", fanout, "--workers", "1",
+                  "--frames", "300", "--shape", "64x128", *timing)
+    wait_run_started(source)
+    os.kill(collector.pid, signal.SIGSTOP)
+    try:
+        threading.Event().wait(2.5)  # the fault's length (what is tested), not a synchronisation
+    finally:
+        os.kill(collector.pid, signal.SIGCONT)
+    code, _out, err = finish(source)
+    assert code == ExitCode.OK, err
+    run = check_ledger(path, 300)
     assert run.missing == {}
 
 

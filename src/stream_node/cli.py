@@ -81,7 +81,7 @@ def _timing(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for peers at start (default 30)")
     p.add_argument("--peer-timeout", type=_positive(float), default=2.0, metavar="S",
                    help="a peer silent this long is dead (default 2; heartbeats every "
-                        "min(0.5, S/4) s)")
+                        "min(0.5, S/4) s; data links keep a frozen peer's frames as long)")
 
 
 def _size(text: str) -> int:
@@ -119,8 +119,13 @@ def _links(p: argparse.ArgumentParser) -> None:
 
 
 def _limits(args: argparse.Namespace) -> LinkLimits:
+    # A data link gives up on its peer no sooner than the control channel does. A frozen peer
+    # (SIGSTOP, a paused VM) answers neither; if the link's ZMTP heartbeat expired first, it
+    # would drop the frames queued for a peer the run still counts as alive.
+    timeout_ms = max(LinkLimits().heartbeat_timeout_ms, round(args.peer_timeout * 1000))
     return LinkLimits(sndhwm=args.sndhwm, rcvhwm=args.rcvhwm, sndbuf=args.sndbuf,
-                      rcvbuf=args.rcvbuf, max_message_bytes=args.max_message)
+                      rcvbuf=args.rcvbuf, max_message_bytes=args.max_message,
+                      heartbeat_timeout_ms=timeout_ms)
 
 
 def _observed(p: argparse.ArgumentParser) -> None:
