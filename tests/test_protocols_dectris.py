@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import protocol_senders
-from conftest import finish
+from conftest import Endpoints, finish
 from protocol_senders import bslz4_blob, dectris_arrays, frame
 from stream_node import ExitCode, read_run
 from stream_node.errors import ConfigError
@@ -34,9 +34,12 @@ def sent(i: int, dtype: str = "uint16") -> np.ndarray:
 
 
 @pytest.mark.timeout(60)
-def test_bslz4_series_is_stored_byte_identical_with_nxmx_metadata(node, ipc, tmp_path, sender):
-    code, err, run, path = run_series(node, ipc, tmp_path, sender, "--encoding", "bs16-lz4<",
-                                      "--detail", "all")
+def test_bslz4_series_is_stored_byte_identical_with_nxmx_metadata(node, endpoints, tmp_path,
+                                                                  sender):
+    """Through each transport the source can hand frames to workers by, the ring included
+    (where a compressed frame is fewer bytes than its slot's pixels)."""
+    code, err, run, path = run_series(node, endpoints, tmp_path, sender, "--encoding",
+                                      "bs16-lz4<", "--detail", "all")
     assert code == ExitCode.OK, err
     assert run.missing == {} and run.received.all()
     for i in range(8):
@@ -91,7 +94,9 @@ def test_header_detail_none_takes_geometry_from_first_image(node, ipc, tmp_path,
 
 
 @pytest.mark.timeout(60)
-def test_worker_with_kernels_decompresses_passed_through_frames(node, ipc, tmp_path, sender):
+@pytest.mark.parametrize("transport", ["ipc", "ring"])
+def test_worker_with_kernels_decompresses_passed_through_frames(node, tmp_path, sender,
+                                                                transport):
     """A kernel needs pixels: the worker decompresses the detector's chunk into its buffer
     first; the chain's output is what the reference computes from the sent frame."""
     spec = [{"kernel": "bin2x2"}]
@@ -99,8 +104,9 @@ def test_worker_with_kernels_decompresses_passed_through_frames(node, ipc, tmp_p
     chain.write_text(json.dumps(spec))
     endpoint = sender("dectris", "--frames", "6", "--encoding", "bs16-lz4<")
     path = tmp_path / "run.h5"
-    source, _, _ = start_roles(node, ipc, path, 1, frames=6, extra_source=(
-        "--from", f"dectris+{endpoint}?timeout=3", "--kernels", str(chain)))
+    source, _, _ = start_roles(node, Endpoints(tmp_path, transport), path, 1, frames=6,
+                               extra_source=("--from", f"dectris+{endpoint}?timeout=3",
+                                             "--kernels", str(chain)))
     code, _out, err = finish(source)
     assert code == ExitCode.OK, err
     run = read_run(path)

@@ -22,7 +22,7 @@ import numpy as np
 
 from stream_node._native._ring import LATEST, MAX_MEMBERS, PAYLOAD_OFFSET, WORK, RingHandle
 from stream_node.errors import EndOfStream, RingError
-from stream_node.frame import HEADER_SIZE, FrameHeader, dtype_of, frame_header
+from stream_node.frame import HEADER_SIZE, Encoding, FrameHeader, dtype_of, frame_header
 
 __all__ = ["Consumer", "EndOfStream", "Ring", "RingFrame"]
 
@@ -219,6 +219,8 @@ class Consumer:
         self._views: dict[tuple[int, int, tuple[int, ...]], np.ndarray] = {}
 
     def _view(self, slot: int, header: FrameHeader) -> np.ndarray:
+        if header.encoding != Encoding.RAW:  # a compressed chunk: its bytes, however many
+            return self.ring.payload(slot)[: header.payload_bytes]
         key = (slot, header.dtype_code, header.shape)
         view = self._views.get(key)
         if view is None:
