@@ -233,7 +233,10 @@ def pipeline(frames: int, recompress: bool, tmp: Path, fanout: str) -> float:
     if fanout == "ring":
         fan = f"ring://bench-protocols-{os.getpid()}"
     path = tmp / f"run{int(recompress)}.h5"
-    path.unlink(missing_ok=True)
+    # Each run starts with no dirty page cache left by the ones before (they wrote ~1 GB each,
+    # and the file of each is deleted once checked): otherwise a run's rate is the rate at which
+    # this VM's disk takes the backlog of earlier runs, not the pipeline's.
+    os.sync()
     others: list[subprocess.Popen] = []
     try:
         endpoint = proc.stdout.readline().split()[1]
@@ -266,6 +269,7 @@ def pipeline(frames: int, recompress: bool, tmp: Path, fanout: str) -> float:
         for p in (proc, *others):
             p.kill()
             p.wait()
+        path.unlink(missing_ok=True)  # its dirty pages go with it, never written back
 
 
 def serve_once(frames: int) -> None:
