@@ -137,30 +137,41 @@ def test_a_worker_that_stalls_forever(node, tmp_path, reliable):
     procs[0].kill()
 
 
-@pytest.mark.timeout(60)
-def test_end_overtaking_queued_frames_loses_none(node, tmp_path):
-    """The collector is frozen while every frame and then END are sent: on waking it finds END
-    on the control channel with the frames still queued on the data socket, and takes them."""
-    ep = Endpoints(tmp_path, "ipc")
+def run_with_collector_frozen(node, tmp_path, transport, frames, frozen_until):
+    """One worker, --peer-timeout 5; the collector is frozen (SIGSTOP) from the run's start
+    until `frozen_until(source)` returns. The run must end OK with every frame written."""
+    ep = Endpoints(tmp_path, transport)
+    control, fanout, fanin = ep("c"), ep("d"), ep("o")
     path = tmp_path / "run.h5"
     timing = ("--peer-timeout", "5", "--ready-timeout", "20")
-    collector = node("collector", "--control", ep("c"), "--input", ep("o"), "--file", str(path),
+    collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
                      *timing)
-    node("worker", "--control", ep("c"), "--input", ep("d"), "--output", ep("o"), *timing)
-    source = node("source", "--control", ep("c"), "--data", ep("d"), "--workers", "1",
-                  "--frames", "40", "--shape", "64x128", *timing)
+    node("worker", "--control", control, "--input", fanout, "--output", fanin, *timing)
+    source = node("source", "--control", control, "--data", fanout, "--workers", "1",
+                  "--frames", str(frames), "--shape", "64x128", *timing)
     wait_run_started(source)
     os.kill(collector.pid, signal.SIGSTOP)
     try:
-        for line in source.stderr:
-            if "END sent" in line:
-                break
+        frozen_until(source)
     finally:
         os.kill(collector.pid, signal.SIGCONT)
     code, _out, err = finish(source)
     assert code == ExitCode.OK, err
-    run = check_ledger(path, 40)
+    run = check_ledger(path, frames)
     assert run.missing == {}
+
+
+@pytest.mark.timeout(60)
+def test_end_overtaking_queued_frames_loses_none(node, tmp_path):
+    """The collector is frozen while every frame and then END are sent: on waking it finds END
+    on the control channel with the frames still queued on the data socket, and takes them."""
+
+    def until_end_sent(source):
+        for line in source.stderr:
+            if "END sent" in line:
+                return
+
+    run_with_collector_frozen(node, tmp_path, "ipc", 40, until_end_sent)
 
 
 @pytest.mark.timeout(60)
@@ -170,25 +181,9 @@ def test_a_collector_frozen_past_the_link_heartbeat_loses_nothing(node, tmp_path
     (1.5 s) but within --peer-timeout 5, is alive to the run. Its links must keep the frames
     queued for it: before the links' heartbeat followed --peer-timeout, the worker's link
     dropped them (the END-overtaking test above failed one run in three that way)."""
-    ep = Endpoints(tmp_path, transport)
-    control, fanout, fanin = ep("c"), ep("d"), ep("o")
-    path = tmp_path / "run.h5"
-    timing = ("--peer-timeout", "5", "--ready-timeout", "20")
-    collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
-                     *timing)
-    node("worker", "--control", control, "--input", fanout, "--output", fanin, *timing)
-    source = node("source", "--control", control, "--data", fanout, "--workers", "1",
-                  "--frames", "300", "--shape", "64x128", *timing)
-    wait_run_started(source)
-    os.kill(collector.pid, signal.SIGSTOP)
-    try:
-        threading.Event().wait(2.5)  # the fault's length (what is tested), not a synchronisation
-    finally:
-        os.kill(collector.pid, signal.SIGCONT)
-    code, _out, err = finish(source)
-    assert code == ExitCode.OK, err
-    run = check_ledger(path, 300)
-    assert run.missing == {}
+    # the fault's length (what is tested), not a synchronisation
+    run_with_collector_frozen(node, tmp_path, transport, 300,
+                              lambda source: threading.Event().wait(2.5))
 
 
 @pytest.mark.timeout(120)
