@@ -9,7 +9,7 @@ seed=0).frame(i)``, uncompressed and bitshuffle/LZ4 (HDF5 filter 32008). Three r
 * ``stream-node RunWriter``: ``RunWriter(path, shape, uint16, expected_frames=N,
   compression=None | "bslz4", overwrite=True)``, then ``write(i, payload, timestamp_ns, worker)``
   per frame, ``finalize(N, {}, {}, {})`` and ``close()``. The payload is the frame array, or for
-  bslz4 the chunk ``stream_node.compression.compress(frame)`` made (as a worker would).
+  bslz4 the chunk ``stream_node.kernels.compression.compress(frame)`` made (as a worker would).
 * ``h5py write_direct_chunk``: ``dset.id.write_direct_chunk((i, 0, 0), payload)`` with the SAME
   payloads into a plain dataset made the way RunWriter makes its own (one frame per chunk,
   resizable, fill value 0, ``**hdf5_filter()`` for bslz4, ``libver="latest"``) but without
@@ -68,8 +68,8 @@ import h5py
 import hdf5plugin  # registers filter 32008 (bitshuffle/LZ4) for the naive rows and read-back
 import numpy as np
 
-from stream_node.compression import compress, decompress, hdf5_filter, set_codec_threads
-from stream_node.synthetic import SyntheticDetector
+from stream_node.kernels.compression import compress, decompress, hdf5_filter, set_codec_threads
+from stream_node.origins.synthetic import SyntheticDetector
 
 DTYPE = np.dtype(np.uint16)
 SIZES: tuple[tuple[str, tuple[int, int]], ...] = (
@@ -146,7 +146,7 @@ class NotAvailable(Exception):
 
 def write_stream_node(path: Path, p: Payloads, compressed: bool) -> tuple[float, float]:
     """RunWriter as the collector drives it; construction (file and layout) is not timed."""
-    from stream_node.run_writer import RunWriter  # imported here: being edited as this runs
+    from stream_node.storage.writer import RunWriter  # imported here: being edited as this runs
 
     payloads = p.chunks if compressed else p.frames
     try:
@@ -616,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(codec_table(codec_rows))
     print()
-    print("Codec: stream_node.compression.compress(frame) -> filter-32008 chunk, and "
+    print("Codec: stream_node.kernels.compression.compress(frame) -> filter-32008 chunk, and "
           "decompress(chunk, shape, dtype), each over every frame in turn; MB/s = raw frame "
           "bytes / s / 1e6 for both; ratio = raw bytes / chunk bytes (Poisson, mean 2 photons).")
     for c in codec_rows:

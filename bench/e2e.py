@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
@@ -47,7 +47,8 @@ import h5py
 import numpy as np
 import zmq
 
-from stream_node.synthetic import SyntheticDetector
+from _common import reap  # bench/ is on sys.path when run as a script
+from stream_node.origins.synthetic import SyntheticDetector
 
 QUICK_FRAMES = 300
 FULL_FRAMES = 2000
@@ -125,14 +126,14 @@ def run_stream_node(
 ) -> RunResult:
     """Run stream-node's local demo pipeline: the one place that knows its API, easy to adapt.
 
-    Contract: ``stream_node.demo.run_local_pipeline(...)`` returns an object with
+    Contract: ``stream_node.deploy.demo.run_local_pipeline(...)`` returns an object with
     ``frames_written``, ``missing``, ``bytes_written``, ``seconds`` (first frame sent -> file
     closed) and optionally ``copies_per_frame``.
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     result = RunResult("stream-node", workers, frames, nbytes)
     try:
-        from stream_node.demo import run_local_pipeline  # may not exist yet
+        from stream_node.deploy.demo import run_local_pipeline  # may not exist yet
     except ImportError as exc:
         result.error = f"not available: {exc}"
         return result
@@ -171,6 +172,22 @@ def _bind(sock: zmq.Socket, transport: str, ipc_dir: str, name: str) -> str:
     return endpoint
 
 
+@contextlib.contextmanager
+def _child_zmq(role: str, results: Any = None) -> Iterator[zmq.Context]:
+    """A naive child's zmq context, closed with its sockets (each at its own linger) however the
+    child ends. With `results`, a failure's traceback goes to the parent first, so that the run
+    fails at once with the cause rather than on a timeout."""
+    ctx = zmq.Context()
+    try:
+        yield ctx
+    except BaseException:
+        if results is not None:
+            results.put((f"{role}-error", traceback.format_exc()))
+        raise
+    finally:
+        ctx.destroy()
+
+
 def _naive_collector(
     path: str,
     frames: int,
@@ -183,10 +200,9 @@ def _naive_collector(
 ) -> None:
     """PULL every frame and write it at its index; stop after `frames` frames, when idle too long
     (frames were lost: the shortfall is reported as missing) or when the parent gives up."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
-    sock.linger = 0
-    try:
+    with _child_zmq("collector", results) as ctx:
+        sock = ctx.socket(zmq.PULL)
+        sock.linger = 0
         endpoint = _bind(sock, transport, str(Path(path).parent), "collector")
         seen = np.zeros(frames, dtype=bool)
         received = 0
@@ -208,12 +224,6 @@ def _naive_collector(
                     received += 1
         closed = time.monotonic()  # file closed: the end of the timed span
         results.put(("collector", received, frames - received, closed))
-    except BaseException:
-        results.put(("collector-error", traceback.format_exc()))
-        raise
-    finally:
-        sock.close()
-        ctx.term()
 
 
 def _naive_worker(
@@ -227,12 +237,11 @@ def _naive_worker(
     stop: Any,
 ) -> None:
     """Forward frames PULL -> PUSH with copy=True: the hop a real pipeline's kernels sit in."""
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    push = ctx.socket(zmq.PUSH)
-    pull.linger = 0
-    push.linger = int(JOIN_TIMEOUT_S * 1000)
-    try:
+    with _child_zmq("worker") as ctx:
+        pull = ctx.socket(zmq.PULL)
+        push = ctx.socket(zmq.PUSH)
+        pull.linger = 0
+        push.linger = int(JOIN_TIMEOUT_S * 1000)
         endpoint = _bind(pull, transport, ipc_dir, f"worker-{index}")
         push.connect(collector)
         ports.put(("worker", endpoint))
@@ -243,10 +252,6 @@ def _naive_worker(
             id_bytes, payload = pull.recv_multipart(copy=True)
             frame = np.frombuffer(payload, dtype=dtype).reshape(shape)
             push.send_multipart([id_bytes, frame], copy=True)
-    finally:
-        pull.close()
-        push.close()
-        ctx.term()
 
 
 def _naive_source(
@@ -257,10 +262,9 @@ def _naive_source(
     results: Any,
 ) -> None:
     """Generate frames and PUSH them round-robin to the workers; report when the first was sent."""
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.linger = int(IDLE_TIMEOUT_S * 1000)  # let queued frames drain before exit, but bounded
-    try:
+    with _child_zmq("source", results) as ctx:
+        push = ctx.socket(zmq.PUSH)
+        push.linger = int(IDLE_TIMEOUT_S * 1000)  # let queued frames drain before exit, bounded
         detector = SyntheticDetector(shape, dtype, seed=0)
         for endpoint in worker_endpoints:
             push.connect(endpoint)
@@ -269,12 +273,6 @@ def _naive_source(
             frame = detector.frame(frame_id)
             push.send_multipart([frame_id.to_bytes(8, "little"), frame.tobytes()], copy=True)
         results.put(("source", started))
-    except BaseException:
-        results.put(("source-error", traceback.format_exc()))
-        raise
-    finally:
-        push.close()
-        ctx.term()
 
 
 def _expect(
@@ -367,15 +365,7 @@ def run_naive(
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         stop.set()
-        for proc in procs:
-            proc.join(JOIN_TIMEOUT_S)
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(JOIN_TIMEOUT_S)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        reap(*procs, join_s=JOIN_TIMEOUT_S, term_s=JOIN_TIMEOUT_S)
         for proc in procs:
             if proc.exitcode not in (0, None) and result.error is None:
                 result.error = f"{proc.name} exited with code {proc.exitcode}"

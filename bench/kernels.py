@@ -30,8 +30,8 @@ photons are those energies photonised.
 The `parallel` row is `gain_correction_parallel` on all of this machine's cores (Numba threads):
 every other row runs in one thread. The chain rows time what one worker core does per frame:
 ``Chain.apply`` (gain correction with mask -> photonise at 12.4 keV) then
-``stream_node.compression.compress`` of the photons (bitshuffle/LZ4; its OpenMP is set to one
-thread), against the same chain with ``backend="reference"`` plus the same compression.
+``stream_node.kernels.compression.compress`` of the photons (bitshuffle/LZ4; its OpenMP is set
+to one thread), against the same chain with ``backend="reference"`` plus the same compression.
 
 Each figure is the median of per-call times (quick: calls for >= 0.3 s, at least 5; ``--full``
 1.5 s, at least 20), so one call disturbed by another process on this shared 2-core machine does
@@ -48,7 +48,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -61,8 +60,10 @@ from typing import Any
 import numba
 import numpy as np
 
-from stream_node.compression import compress, set_codec_threads
+from _common import bench_parser  # bench/ is on sys.path when run as a script
+from _format import md_table
 from stream_node.kernels import _numba, build_chain, reference
+from stream_node.kernels.compression import compress, set_codec_threads
 from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.stage import aligned_copy, aligned_empty
 
@@ -352,27 +353,27 @@ def fmt(x: float, digits: int = 1) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| kernel | frame | in -> out | B/px | numba GB/s | numpy GB/s | roofline GB/s "
-           "| vs numpy | vs roofline | note |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    head = ["kernel", "frame", "in -> out", "B/px", "numba GB/s", "numpy GB/s", "roofline GB/s",
+            "vs numpy", "vs roofline", "note"]
+    out = []
     for r in rows:
-        bpx = r.bytes_per_frame / r.pixels
         note = r.note if r.ok else f"FAILED: {r.note}"
-        out.append(f"| {r.kernel} | {r.frame} | {r.io} | {bpx:g} | {fmt(r.gbps(r.t_numba))} "
-                   f"| {fmt(r.gbps(r.t_numpy), 2)} | {fmt(r.gbps(r.t_memcpy))} "
-                   f"| {r.t_numpy / r.t_numba:.1f}x | {r.t_memcpy / r.t_numba:.2f}x | {note} |")
-    return "\n".join(out)
+        out.append([r.kernel, r.frame, r.io, f"{r.bytes_per_frame / r.pixels:g}",
+                    fmt(r.gbps(r.t_numba)), fmt(r.gbps(r.t_numpy), 2), fmt(r.gbps(r.t_memcpy)),
+                    f"{r.t_numpy / r.t_numba:.1f}x", f"{r.t_memcpy / r.t_numba:.2f}x", note])
+    return md_table(head, "lllrrrrrrl", out)
 
 
 def chain_table(rows: list[ChainRow]) -> str:
-    out = ["| chain (one core) | frame | numba frames/s | numpy frames/s | vs numpy "
-           "| compression ratio | note |", "|---|---|---:|---:|---:|---:|---|"]
+    head = ["chain (one core)", "frame", "numba frames/s", "numpy frames/s", "vs numpy",
+            "compression ratio", "note"]
+    out = []
     for r in rows:
         note = r.note if r.ok else f"FAILED: {r.note}"
-        out.append(f"| correct -> photonise -> compress | {r.frame} | {r.fps_fast:.0f} "
-                   f"| {r.fps_ref:.1f} | {r.fps_fast / r.fps_ref:.1f}x "
-                   f"| {r.ratio_compressed:.1f} | {note} |")
-    return "\n".join(out)
+        out.append(["correct -> photonise -> compress", r.frame, f"{r.fps_fast:.0f}",
+                    f"{r.fps_ref:.1f}", f"{r.fps_fast / r.fps_ref:.1f}x",
+                    f"{r.ratio_compressed:.1f}", note])
+    return md_table(head, "llrrrrl", out)
 
 
 def floors(rows: list[Row]) -> list[str]:
@@ -392,10 +393,7 @@ def floors(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = ap.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="short timing per row (default)")
-    group.add_argument("--full", action="store_true", help="longer timing per row")
+    ap = bench_parser(__doc__, "short timing per row (default)", "longer timing per row")
     ap.add_argument("--only", default="", help="only frame shapes whose label contains this")
     ap.add_argument("--kernel", default="",
                     help="only kernel rows whose name contains this (and no chain rows)")

@@ -16,8 +16,8 @@ each and the median of the per-pair ratios. Floor: origin >= 0.9x baseline. The 
 process's CPU time per frame (user + system, from getrusage) is shown for both: on this 2-core
 host the sender and both sides' ZeroMQ I/O threads share the cores, so a trial's rate swings
 by up to 2x with scheduling and with how the allocator serves ZeroMQ's message buffers (page
-faults: most of the system time; the bench applies `stream_node.allocator`'s settings, as every
-node does, to both), while the CPU figure shows what the origin itself adds.
+faults: most of the system time; the bench applies `stream_node.stages.allocator`'s settings,
+as every node does, to both), while the CPU figure shows what the origin itself adds.
 
 Pipeline: a sender process, `stream-node source --from dectris+tcp://...`, one worker (no
 kernels) and a collector writing the HDF5 file, all real processes, as a user starts them; the
@@ -55,8 +55,9 @@ from zmq.utils.monitor import recv_monitor_message
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import protocol_senders as ps
-from stream_node.allocator import keep_message_buffers
-from stream_node.origins import OriginOptions, open_origin
+from stream_node.origins import open_origin
+from stream_node.origins.base import OriginOptions
+from stream_node.stages.allocator import keep_message_buffers
 
 SHAPE = (1024, 2048)  # 4 MiB of uint16
 DISTINCT = 8  # distinct frames per series (cycled): real content, bounded build time
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve-once", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     # Receivers here run with the malloc settings every stream-node node applies (see
-    # stream_node.allocator): without them a trial's rate depends on whether glibc happens to
+    # stream_node.stages.allocator): without them a trial's rate depends on whether glibc happens to
     # fault each message's pages in again, for the raw pyzmq baseline and the origin alike.
     keep_message_buffers()
     if args.serve:

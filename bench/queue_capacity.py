@@ -7,8 +7,8 @@ high-water marks alone do not bound it: the kernel's socket buffers (TCP autotun
 SO_SNDBUF / SO_RCVBUF are set) and the message each ZMTP engine holds while half-written or
 half-read add to it. This bench redoes every row of the seed's table with pyzmq in one process,
 plus rows for stream-node's own per-link defaults (``stream_node.LinkLimits()``) with 1 MiB
-messages, set through ``stream_node.transport.data_socket`` exactly as the package sets them, to
-check that its printed bound ``LinkLimits().bound_bytes(max_frame)`` really holds.
+messages, set through ``stream_node.links.transport.data_socket`` exactly as the package sets
+them, to check that its printed bound ``LinkLimits().bound_bytes(max_frame)`` really holds.
 
 One run of a row:
 
@@ -57,7 +57,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from stream_node import LinkLimits
-from stream_node.transport import data_socket
+from stream_node.links.transport import data_socket
 
 MiB = 1 << 20
 DASH = "\u2013"  # ranges print with an en dash like the seed's table; ASCII "-" in the source
@@ -87,7 +87,7 @@ class Case:
     pushers: int = 1
     msg_size: int = SEED_MSG
     pull_binds: bool = False
-    # When set, sockets come from stream_node.transport.data_socket(ctx, kind, limits) and the
+    # When set, sockets come from stream_node.links.transport.data_socket(ctx, kind, limits) and the
     # HWM / buffer columns above only describe them.
     limits: LinkLimits | None = None
     note: str = ""
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"- {c.transport} {c.sndhwm}/{c.rcvhwm}: stopped at the "
                   f"{SEND_CAP_BYTES // MiB} MiB cap, the real capacity is larger.")
         if c.limits is not None and not bound_cell(res)[1] and res.totals:
-            print(f"- {c.transport} LinkLimits(): bound exceeded: stream_node.transport's "
+            print(f"- {c.transport} LinkLimits(): bound exceeded: stream_node.links.transport's "
                   "bound_bytes no longer covers what this kernel queues (it counts twice the "
                   "asked SO_SNDBUF/SO_RCVBUF, tcp(7), and one message per ZMTP engine).")
         for err in res.errors:

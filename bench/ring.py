@@ -64,7 +64,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import math
@@ -84,10 +83,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from _format import fmt, fmt_rate  # bench/ is on sys.path when run as a script
-from stream_node.errors import EndOfStream
-from stream_node.frame import frame_header
-from stream_node.ring import Ring
+from _common import bench_parser, reap  # bench/ is on sys.path when run as a script
+from _format import fmt, fmt_rate, md_table
+from stream_node.links.ring import Ring
+from stream_node.model.errors import EndOfStream
+from stream_node.model.frame import frame_header
 
 SIZES: tuple[tuple[str, int, int], ...] = (
     # (label, frame bytes, slots S): many small slots so batches fill; few large ones, like a DAQ.
@@ -387,14 +387,39 @@ def pace(nxt: int) -> None:
         pass
 
 
+def bursts(count: int, check: int, interval_ns: int = 0, deadline_ns: int = 0) -> Iterator[int]:
+    """How many frames a producer's `send` writes next, for its `interval_ns` and `deadline_ns`.
+
+    Every producer's loop takes its pacing and stopping from here, yet no producer pays a Python
+    call per frame for it (see `Producer`): paced (the latency pass, which waits anyway) a burst
+    is one frame; unpaced it is `check` frames, the deadline being looked at between bursts, or
+    all `count` at once when there is no deadline.
+    """
+    if interval_ns:
+        nxt = time.perf_counter_ns()
+        for _ in range(count):
+            pace(nxt)
+            nxt += interval_ns
+            yield 1
+    elif not deadline_ns:
+        yield count
+    else:
+        perf = time.perf_counter_ns
+        for n in range(0, count, check):
+            if perf() >= deadline_ns:
+                return
+            yield min(check, count - n)
+
+
 class Producer(Protocol):
     """A producer's end of one transport.
 
     `send` writes `count` frames (or fewer: it stops at `deadline_ns`, looked at every 256 small
     or every large frame, so the clock read costs little), paced at one per `interval_ns` when
     given; each frame's first 8 bytes get `value` (STAMP, COUNTER or a marker). Each transport
-    spells its loop out rather than sharing one through a callback: a Python call per frame
-    would cost the fast transports a visible share of their rate. Returns the frames sent.
+    spells its per-frame loop out (inside the `bursts` it shares) rather than sharing one through
+    a callback: a Python call per frame would cost the fast transports a visible share of their
+    rate. Returns the frames sent.
     """
 
     def send(self, count: int, value: int, interval_ns: int = 0, deadline_ns: int = 0) -> int: ...
@@ -452,22 +477,16 @@ class RingProducer:
         h, hv, pays, heads, hdr, src = (self.ring._h, self.ring._headers, self.pays, self.heads,
                                         self.hdr, self.src)
         perf = time.perf_counter_ns
-        check = 256 if src is None else 1
         n = 0
-        nxt = perf()
-        while n < count:
-            if interval_ns:
-                pace(nxt)
-                nxt += interval_ns
-            elif deadline_ns and n % check == 0 and perf() >= deadline_ns:
-                break
-            slot = h.claim(TIMEOUT_NS)
-            if src is not None:
-                np.copyto(pays[slot], src)  # the one copy of the frame
-            hv[slot][:] = hdr
-            heads[slot][0] = perf() if value == STAMP else (n if value == COUNTER else value)
-            h.publish(slot)
-            n += 1
+        for burst in bursts(count, 256 if src is None else 1, interval_ns, deadline_ns):
+            for _ in range(burst):
+                slot = h.claim(TIMEOUT_NS)
+                if src is not None:
+                    np.copyto(pays[slot], src)  # the one copy of the frame
+                hv[slot][:] = hdr
+                heads[slot][0] = perf() if value == STAMP else (n if value == COUNTER else value)
+                h.publish(slot)
+                n += 1
         return n
 
     def close(self) -> None:
@@ -497,21 +516,15 @@ class ShmQueueProducer:
         pays, heads, src, get, put = self.pays, self.heads, self.src, self.free_q.get, \
             self.full_q.put
         perf = time.perf_counter_ns
-        check = 256 if src is None else 1
         n = 0
-        nxt = perf()
-        while n < count:
-            if interval_ns:
-                pace(nxt)
-                nxt += interval_ns
-            elif deadline_ns and n % check == 0 and perf() >= deadline_ns:
-                break
-            slot = get(timeout=TIMEOUT_S)
-            if src is not None:
-                np.copyto(pays[slot], src)
-            heads[slot][0] = perf() if value == STAMP else (n if value == COUNTER else value)
-            put(slot)
-            n += 1
+        for burst in bursts(count, 256 if src is None else 1, interval_ns, deadline_ns):
+            for _ in range(burst):
+                slot = get(timeout=TIMEOUT_S)
+                if src is not None:
+                    np.copyto(pays[slot], src)
+                heads[slot][0] = perf() if value == STAMP else (n if value == COUNTER else value)
+                put(slot)
+                n += 1
         return n
 
     def close(self) -> None:
@@ -551,16 +564,11 @@ class FasterFifoProducer:
         perf = time.perf_counter_ns
         check = 256 if self.size < LARGE_THRESHOLD else 1
         n = 0
-        nxt = perf()
-        while n < count:
-            if interval_ns:
-                pace(nxt)
-                nxt += interval_ns
-            elif deadline_ns and n % check == 0 and perf() >= deadline_ns:
-                break
-            head[0] = perf() if value == STAMP else (n if value == COUNTER else value)
-            put(msg, block=True, timeout=TIMEOUT_S)
-            n += 1
+        for burst in bursts(count, check, interval_ns, deadline_ns):
+            for _ in range(burst):
+                head[0] = perf() if value == STAMP else (n if value == COUNTER else value)
+                put(msg, block=True, timeout=TIMEOUT_S)
+                n += 1
         return n
 
     def close(self) -> None:
@@ -593,24 +601,18 @@ class IoxProducer:
     def send(self, count: int, value: int, interval_ns: int = 0, deadline_ns: int = 0) -> int:
         loan, size, src = self.pub.loan_slice_uninit, self.size, self.src
         perf = time.perf_counter_ns
-        check = 256 if src is None else 1
         n = 0
-        nxt = perf()
-        while n < count:
-            if interval_ns:
-                pace(nxt)
-                nxt += interval_ns
-            elif deadline_ns and n % check == 0 and perf() >= deadline_ns:
-                break
-            sample = loan(size)
-            view = np.frombuffer(sample.payload().as_memory_view(), np.uint8)
-            if src is not None:
-                np.copyto(view, src)
-            view[:8].view(np.uint64)[0] = (perf() if value == STAMP
-                                           else (n if value == COUNTER else value))
-            del view
-            sample.assume_init().send()
-            n += 1
+        for burst in bursts(count, 256 if src is None else 1, interval_ns, deadline_ns):
+            for _ in range(burst):
+                sample = loan(size)
+                view = np.frombuffer(sample.payload().as_memory_view(), np.uint8)
+                if src is not None:
+                    np.copyto(view, src)
+                view[:8].view(np.uint64)[0] = (perf() if value == STAMP
+                                               else (n if value == COUNTER else value))
+                del view
+                sample.assume_init().send()
+                n += 1
         return n
 
     def close(self) -> None:
@@ -633,13 +635,7 @@ def consumer_process(ctx: SpawnContext, kind: str, args: tuple[Any, ...], lat_ca
         proc.terminate()  # the producer failed: the consumer's result no longer matters
         raise
     finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        reap(proc)
 
 
 def expect(results: Any, tag: str, proc: SpawnProcess, timeout: float) -> Any:
@@ -736,9 +732,9 @@ def library_status(module: str) -> str | None:
 
 def table(rows: list[Row]) -> str:
     """Markdown table; ratios are against the same frame size's memcpy and shm+mp.Queue rows."""
-    out = ["| case | frame | batch | waits | frames | GB/s | hand-offs/s | p50 µs | p99 µs "
-           "| copies/frame | GB/s vs memcpy 1 dst | hand-offs/s vs shm + mp.Queue | note |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    head = ["case", "frame", "batch", "waits", "frames", "GB/s", "hand-offs/s", "p50 µs", "p99 µs",
+            "copies/frame", "GB/s vs memcpy 1 dst", "hand-offs/s vs shm + mp.Queue", "note"]
+    out = []
     for r in rows:
         ref = {x.case: x for x in rows if x.size_label == r.size_label and x.ok and x.frames}
         mem, mpq = ref.get(MEMCPY_HOT), ref.get(MPQ)
@@ -746,18 +742,14 @@ def table(rows: list[Row]) -> str:
         vs_q = f"{r.rate / mpq.rate:.1f}x" if mpq and r.frames else "—"
         note = "; ".join(x for x in (r.note, r.spread) if x)
         note = note if r.ok else f"FAILED: {note}"
-        out.append(f"| {r.case} | {r.size_label} | {r.batch} | {r.waits} | {r.frames or '—'} "
-                   f"| {fmt(r.gbps)} "
-                   f"| {fmt_rate(r.rate)} | {fmt(r.p50_us, 1)} | {fmt(r.p99_us, 1)} | {r.copies} "
-                   f"| {vs_mem} | {vs_q} | {note} |")
-    return "\n".join(out)
+        out.append([r.case, r.size_label, r.batch, r.waits, r.frames or "—", fmt(r.gbps),
+                    fmt_rate(r.rate), fmt(r.p50_us, 1), fmt(r.p99_us, 1), r.copies, vs_mem, vs_q,
+                    note])
+    return md_table(head, "llllrrrrrrrrl", out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = ap.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="small counts (default)")
-    group.add_argument("--full", action="store_true", help="longer passes, more latency samples")
+    ap = bench_parser(__doc__, "small counts (default)", "longer passes, more latency samples")
     ap.add_argument("--only", default="", help="run only cases whose name contains this")
     opts = ap.parse_args(argv)
     mode = FULL if opts.full else QUICK

@@ -63,7 +63,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import multiprocessing as mp
@@ -87,12 +86,13 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from _format import fmt, fmt_rate  # bench/ is on sys.path when run as a script
-from stream_node.allocator import keep_message_buffers
-from stream_node.endpoints import PullInput
-from stream_node.frame import FrameHeader, frame_header, payload_view
-from stream_node.run_file import open_run
-from stream_node.transport import LinkLimits, bind, data_socket, send_frame
+from _common import bench_parser, reap  # bench/ is on sys.path when run as a script
+from _format import fmt, fmt_rate, md_table
+from stream_node.links.transport import LinkLimits, bind, data_socket, send_frame
+from stream_node.links.zmq_links import PullInput
+from stream_node.model.frame import FrameHeader, frame_header, payload_view
+from stream_node.stages.allocator import keep_message_buffers
+from stream_node.storage.reader import open_run
 
 RAW = "raw pyzmq"
 SN = "stream-node"
@@ -266,13 +266,7 @@ class Receiver:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.send(None)
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
+        reap(self.proc)
 
 
 def sender_socket(ctx: zmq.Context, path: str, endpoint: str) -> zmq.Socket:
@@ -350,9 +344,9 @@ def run_links(mode: Mode) -> list[LinkRow]:
 
 
 def link_table(rows: list[LinkRow]) -> str:
-    out = ["| transport | size | path | messages | GB/s | msgs/s | ratio vs raw | "
-           "copies/message | note |",
-           "|---|---|---|---:|---:|---:|---:|---|---|"]
+    head = ["transport", "size", "path", "messages", "GB/s", "msgs/s", "ratio vs raw",
+            "copies/message", "note"]
+    out = []
     for r in rows:
         raw = next(x for x in rows if (x.transport, x.size, x.path) == (r.transport, r.size, RAW))
         good = r.ok
@@ -362,10 +356,10 @@ def link_table(rows: list[LinkRow]) -> str:
                   if r.seconds else "")
         note = "; ".join(x for x in (
             "FAILED: " + "; ".join(r.failures) if r.failures else "", spread) if x)
-        out.append(f"| {r.transport} | {r.size} | {r.path} | {r.messages} "
-                   f"| {fmt(r.gbps) if good else '—'} | {fmt_rate(r.rate) if good else '—'} "
-                   f"| {'—' if math.isnan(ratio) else f'{ratio:.2f}x'} | {COPIES} | {note} |")
-    return "\n".join(out)
+        out.append([r.transport, r.size, r.path, r.messages, fmt(r.gbps) if good else "—",
+                    fmt_rate(r.rate) if good else "—",
+                    "—" if math.isnan(ratio) else f"{ratio:.2f}x", COPIES, note])
+    return md_table(head, "lllrrrrll", out)
 
 
 def link_floor(rows: list[LinkRow]) -> str:
@@ -535,16 +529,16 @@ def run_fanout(mode: Mode, transport: str) -> list[FanRow]:
 
 
 def fan_table(rows: list[FanRow], frame_bytes: int) -> str:
-    out = ["| workers | mode | slow worker | frames | time s | frames/s | GB/s "
-           "| reliable vs default | slow worker's share (1/W) | frames per worker | note |",
-           "|---:|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+    head = ["workers", "mode", "slow worker", "frames", "time s", "frames/s", "GB/s",
+            "reliable vs default", "slow worker's share (1/W)", "frames per worker", "note"]
+    out = []
     for r in rows:
         run = r.median_run()
         default = next(x for x in rows if (x.workers, x.slow, x.reliable)
                        == (r.workers, r.slow, False)).median_run()
         if run is None:
-            out.append(f"| {r.workers} | {r.mode} | {'w0' if r.slow else 'none'} | — | — | — "
-                       f"| — | — | — | — | FAILED: {'; '.join(r.failures)} |")
+            out.append([r.workers, r.mode, "w0" if r.slow else "none", *["—"] * 7,
+                        f"FAILED: {'; '.join(r.failures)}"])
             continue
         frames = sum(run["per_worker"])
         vs = f"{run['fps'] / default['fps']:.2f}x" if default and r.reliable else "—"
@@ -555,21 +549,17 @@ def fan_table(rows: list[FanRow], frame_bytes: int) -> str:
         if run["duplicates"]:
             notes.append(f"{run['duplicates']} duplicates dropped")
         slow = f"w0, {DELAY_S} s/frame" if r.slow else "none"
-        out.append(f"| {r.workers} | {r.mode} | {slow} "
-                   f"| {frames} | {fmt(run['seconds'])} | {fmt_rate(run['fps'])} "
-                   f"| {fmt(run['fps'] * frame_bytes / 1e9)} | {vs} | {share} "
-                   f"| {' / '.join(map(str, run['per_worker']))} | {'; '.join(notes)} |")
-    return "\n".join(out)
+        out.append([r.workers, r.mode, slow, frames, fmt(run["seconds"]), fmt_rate(run["fps"]),
+                    fmt(run["fps"] * frame_bytes / 1e9), vs, share,
+                    " / ".join(map(str, run["per_worker"])), "; ".join(notes)])
+    return md_table(head, "rllrrrrrlll", out)
 
 
 # -- driver -------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = ap.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="short runs (default)")
-    group.add_argument("--full", action="store_true", help="longer runs, more repeats")
+    ap = bench_parser(__doc__, "short runs (default)", "longer runs, more repeats")
     ap.add_argument("--only", choices=("link", "fanout"), help="run only one of the tables")
     ap.add_argument("--fan-transport", choices=("ipc", "tcp"), default="ipc",
                     help="the fan-out pipeline's links (default ipc)")
@@ -599,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
               f"heartbeat {lim.heartbeat_ivl_ms} ms), "
               "send_frame / PullInput.take + FrameHeader.parse + payload_view; raw pyzmq: "
               "default sockets, send_multipart/recv_multipart copy=False. Both processes use "
-              "a node's malloc settings (stream_node.allocator), for both paths.\n")
+              "a node's malloc settings (stream_node.stages.allocator), for both paths.\n")
         print(link_table(links))
         print(f"\nFloor (issue 6): stream-node >= {FLOOR}x raw pyzmq on the same link")
         print(link_floor(links))

@@ -19,7 +19,7 @@ Every row sends JUNGFRAU packets (48-byte SLS header + 8,192-byte payload, 128 p
 
 Both set the same socket receive buffer (``--rcvbuf``, 64 MiB) with ``SO_RCVBUFFORCE`` (we run
 as root; else ``SO_RCVBUF``, capped by ``net.core.rmem_max``); the granted size is read back and
-printed. The sender is ``stream_node.udp.send`` (native ``sendmmsg``, 64 packets a call) of
+printed. The sender is ``stream_node.origins.udp.send`` (native ``sendmmsg``, 64 packets a call) of
 ``udp.schedule`` (frame by frame, modules interleaved), as fast as it goes (rate 0) or paced.
 
 Synchronisation uses pipes only: the receiver says "bound and started" (and its ports) before the
@@ -64,7 +64,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import multiprocessing as mp
@@ -87,8 +86,9 @@ from typing import Any
 
 import numpy as np
 
-from _format import fmt, fmt_rate  # bench/ is on sys.path when run as a script
-from stream_node import udp
+from _common import bench_parser, reap  # bench/ is on sys.path when run as a script
+from _format import fmt, fmt_rate, md_table
+from stream_node.origins import udp
 
 NATIVE = "stream-node"
 PYLOOP = "python loop"
@@ -188,8 +188,8 @@ def native_main(conn: Connection, modules: int, frames: int, rcvbuf: int) -> Non
 
 
 def native_receive(conn: Connection, modules: int, frames: int, rcvbuf: int) -> dict[str, Any]:
-    from stream_node.errors import ConfigError, EndOfStream, RingTimeout
-    from stream_node.ring import Ring
+    from stream_node.links.ring import Ring
+    from stream_node.model.errors import ConfigError, EndOfStream, RingTimeout
 
     name = f"snb-udp-{os.getpid()}"
     ring = Ring.create(name, slots=SLOTS, slot_bytes=modules * GEO.module_bytes)
@@ -379,13 +379,7 @@ def receiver_process(ctx: SpawnContext, kind: str, modules: int, frames: int,
     try:
         yield proc, ours
     finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        reap(proc)
         ours.close()
 
 
@@ -474,10 +468,10 @@ def baseline(rows: list[Row], r: Row) -> Row | None:
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| receiver | modules | rate asked | packets sent | sender pkt/s | received pkt/s "
-           "| Gbit/s (payload) | loss % | CPU µs/packet | moved (extra copies) "
-           "| CPU/packet vs python loop | note |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    head = ["receiver", "modules", "rate asked", "packets sent", "sender pkt/s", "received pkt/s",
+            "Gbit/s (payload)", "loss %", "CPU µs/packet", "moved (extra copies)",
+            "CPU/packet vs python loop", "note"]
+    out = []
     for r in rows:
         if not r.runs:
             continue
@@ -493,12 +487,11 @@ def table(rows: list[Row]) -> str:
             notes.append(f"median of {len(r.runs)}: CPU µs/packet {fmt(cpus[0])}..{fmt(cpus[-1])}"
                          f", loss % {fmt(losses[0], 1)}..{fmt(losses[-1], 1)}")
         note = "; ".join(n for n in notes if n)
-        out.append(f"| {r.receiver} | {r.modules} | {rate_label(r.rate)} "
-                   f"| {fmt(r.med('sent'), 0)} | {fmt_rate(r.med('send_pps'))} | {fmt_rate(recv)} "
-                   f"| {fmt(recv * GEO.payload_bytes * 8 / 1e9)} | {fmt(r.med('loss'), 1)} "
-                   f"| {fmt(cpu)} | {moved} | {ratio} "
-                   f"| {note if r.ok else 'FAILED: ' + note} |")
-    return "\n".join(out)
+        out.append([r.receiver, r.modules, rate_label(r.rate), fmt(r.med("sent"), 0),
+                    fmt_rate(r.med("send_pps")), fmt_rate(recv),
+                    fmt(recv * GEO.payload_bytes * 8 / 1e9), fmt(r.med("loss"), 1), fmt(cpu),
+                    moved, ratio, note if r.ok else "FAILED: " + note])
+    return md_table(head, "lrrrrrrrrrrl", out)
 
 
 def floors(rows: list[Row], batch: int) -> list[str]:
@@ -537,10 +530,8 @@ def floors(rows: list[Row], batch: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = ap.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="~1 s of packets per row (default)")
-    group.add_argument("--full", action="store_true", help="~3 s per row, more rates, median of 3")
+    ap = bench_parser(__doc__, "~1 s of packets per row (default)",
+                      "~3 s per row, more rates, median of 3")
     ap.add_argument("--only", default="", help="run only rows whose receiver contains this")
     ap.add_argument("--rcvbuf", type=int, default=64 << 20,
                     help="socket receive buffer in bytes for both receivers (default 64 MiB)")

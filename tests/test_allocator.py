@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # page faults of the last 5 rounds are counted (the first one faults the pages in once).
 ROUNDS = """
 import json, resource, sys
-from stream_node.allocator import keep_message_buffers
+from stream_node.stages.allocator import keep_message_buffers
 applied = keep_message_buffers() if sys.argv[1] == "tuned" else None
 def round_():
     held = [bytearray(4 << 20) for _ in range(32)]

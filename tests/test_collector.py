@@ -17,7 +17,7 @@ import pytest
 
 from conftest import finish, wait_run_started
 from stream_node import ExitCode, SyntheticDetector, read_run
-from stream_node import compression as bslz4
+from stream_node.kernels import compression as bslz4
 from test_pipeline import SHAPE, assert_ledger, start_roles
 
 DET = SyntheticDetector((128, 256), "uint16")

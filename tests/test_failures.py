@@ -14,7 +14,7 @@ import zmq
 
 from conftest import finish, wait_run_started
 from stream_node import ExitCode, FrameHeader, MsgType, SyntheticDetector, frame_header, read_run
-from stream_node.control import ControlHub, Liveness
+from stream_node.links.control import ControlHub, Liveness
 from test_pipeline import assert_ledger, start_roles
 
 
@@ -223,7 +223,7 @@ def test_collector_killed_mid_run_makes_source_and_workers_stop(node, ipc, tmp_p
 
 @pytest.mark.timeout(90)
 def test_a_frame_a_worker_could_not_process_is_recorded_with_its_reason(node, ipc, tmp_path):
-    from stream_node.frame import failure_record
+    from stream_node.model.frame import failure_record
 
     path = tmp_path / "run.h5"
     control, data = ipc("control"), ipc("data")

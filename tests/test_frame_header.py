@@ -6,7 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_node import FrameHeader, MsgType, ProtocolError, frame_header, payload_view
-from stream_node.frame import DTYPE_CODES, HEADER_SIZE, control_message, decode_body, dtype_code
+from stream_node.model.frame import (
+    DTYPE_CODES,
+    HEADER_SIZE,
+    control_message,
+    decode_body,
+    dtype_code,
+)
 
 dtypes = st.sampled_from(sorted(DTYPE_CODES.values()))
 u64 = st.integers(0, 2**64 - 1)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_node.errors import ConfigError, StreamNodeError
 from stream_node.kernels import KERNELS, KernelError, _numba, build_chain, reference
 from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.registry import binned_dtype
+from stream_node.model.errors import ConfigError, StreamNodeError
 
 # Small shapes, but up to ~12k pixels so the gain correction's 64-pixel G1/G2 bit-mask path is
 # exercised, not only its short-tail path (several 32768-pixel chunks: the parallel test below).

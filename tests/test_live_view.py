@@ -17,7 +17,7 @@ from rich.console import Console
 import stream_node
 from conftest import finish, free_tcp_endpoint, wait_run_started
 from stream_node import ExitCode, SyntheticDetector, query_status, read_run, stamped_id
-from stream_node.live import LiveView
+from stream_node.ops.live import LiveView
 from test_pipeline import assert_ledger
 from test_status import finish_all, start_watched
 

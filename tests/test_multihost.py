@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from stream_node import read_run
-from stream_node.errors import ExitCode
-from stream_node.synthetic import SyntheticDetector
+from stream_node.model.errors import ExitCode
+from stream_node.origins.synthetic import SyntheticDetector
 
 NODES = ("detector", "compute", "storage")
 FRAMES = 300

@@ -15,9 +15,10 @@ import protocol_senders
 from conftest import Endpoints, finish
 from protocol_senders import bslz4_blob, dectris_arrays, frame
 from stream_node import ExitCode, read_run
-from stream_node.errors import ConfigError
 from stream_node.kernels import build_chain
-from stream_node.origins import OriginOptions, open_origin
+from stream_node.model.errors import ConfigError
+from stream_node.origins import open_origin
+from stream_node.origins.base import OriginOptions
 from test_pipeline import start_roles
 
 SHAPE = (48, 64)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import protocol_senders
 from protocol_senders import FIRST_TRAIN, KARABO_SOURCE, frame
 from stream_node import ExitCode
-from stream_node.protocols import karabo
+from stream_node.origins import karabo
 
 SHAPE = (48, 64)
 sender = pytest.fixture(protocol_senders._sender_fixture, name="sender")

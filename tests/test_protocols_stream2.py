@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import protocol_senders
 from protocol_senders import bslz4_blob, dectris_arrays, frame
 from stream_node import ExitCode
-from stream_node.protocols import stream2
+from stream_node.origins import stream2
 
 SHAPE = (48, 64)
 sender = pytest.fixture(protocol_senders._sender_fixture, name="sender")

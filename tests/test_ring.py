@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from stream_node import SyntheticDetector, stamped_id
-from stream_node.errors import EndOfStream, RingError, RingTimeout
-from stream_node.ring import Ring
+from stream_node.links.ring import Ring
+from stream_node.model.errors import EndOfStream, RingError, RingTimeout
 
 ctx = mp.get_context("fork")
 SHAPE = (16, 32)
@@ -296,7 +296,7 @@ class RingModel(RuleBasedStateMachine):
             return
         assert self.published - self._tail() < self.SLOTS
         self.ring.payload(slot)[:8] = np.frombuffer(self.published.to_bytes(8, "little"), np.uint8)
-        from stream_node.frame import frame_header
+        from stream_node.model.frame import frame_header
         self.ring.publish(slot, frame_header(np.zeros(8, np.uint8), 1, self.published))
         self.published += 1
 
@@ -350,7 +350,7 @@ test_ring_state_machine = pytest.mark.timeout(120)(RingModel.TestCase)
 
 @pytest.mark.timeout(60)
 def test_batch_claim_and_publish_respect_the_window_and_order(name):
-    from stream_node.frame import frame_header
+    from stream_node.model.frame import frame_header
 
     ring = Ring.create(name, slots=8, slot_bytes=64)
     slots = ring.claim_many(64, timeout=1)
@@ -424,7 +424,7 @@ def test_dead_members_frames_come_back_even_when_every_wait_is_short(name, child
             except RingTimeout:
                 continue
         frame = det.frame(frame_id, out=ring.payload(slot, SHAPE, np.uint16))
-        from stream_node.frame import frame_header
+        from stream_node.model.frame import frame_header
         ring.publish(slot, frame_header(frame, 7, frame_id))
     ring.end()
     assert sorted(out.get(timeout=30)) == list(range(50))

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import finish, free_tcp_endpoint, wait_run_started
 from stream_node import ExitCode, query_status, read_run
-from stream_node.errors import ConfigError
-from stream_node.metrics import MetricsServer
-from stream_node.status import RateMeter, StatusServer
+from stream_node.model.errors import ConfigError
+from stream_node.ops.metrics import MetricsServer
+from stream_node.ops.status import RateMeter, StatusServer
 from test_pipeline import SHAPE, assert_ledger
 
 

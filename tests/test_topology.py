@@ -17,9 +17,9 @@ import pytest
 
 from stream_node import read_run
 from stream_node.cli import main
-from stream_node.errors import ExitCode
-from stream_node.launcher import worst
-from stream_node.synthetic import SyntheticDetector
+from stream_node.deploy.launcher import worst
+from stream_node.model.errors import ExitCode
+from stream_node.origins.synthetic import SyntheticDetector
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

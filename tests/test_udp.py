@@ -14,10 +14,10 @@ import pytest
 
 from conftest import finish, wait_run_started
 from stream_node import ExitCode, read_run
-from stream_node.errors import ConfigError, RingTimeout
-from stream_node.frame import FLAG_PARTIAL
-from stream_node.ring import Ring
-from stream_node.udp import (
+from stream_node.links.ring import Ring
+from stream_node.model.errors import ConfigError, RingTimeout
+from stream_node.model.frame import FLAG_PARTIAL
+from stream_node.origins.udp import (
     PRESETS,
     UdpConfig,
     UdpReceiver,

@@ -32,8 +32,8 @@ static void swap_fields(sn_frame_header *h) {
     h->timestamp_ns = __builtin_bswap64(h->timestamp_ns);
     h->sender = __builtin_bswap32(h->sender);
     h->parts = __builtin_bswap32(h->parts);
-    h->reserved1[0] = __builtin_bswap64(h->reserved1[0]);
-    h->reserved1[1] = __builtin_bswap64(h->reserved1[1]);
+    for (int i = 0; i < SN_HEADER_RESERVED_WORDS; i++)
+        h->reserved1[i] = __builtin_bswap64(h->reserved1[i]);
 #else
     (void)h;
 #endif
@@ -61,7 +61,8 @@ int sn_header_validate(const sn_frame_header *h) {
     if (h->header_size != SN_HEADER_SIZE) return SN_EHSIZE;
     if (h->msg_type < 1 || h->msg_type > SN_MSG_TYPE_MAX) return SN_ETYPE;
     if (h->encoding > SN_ENC_MAX) return SN_EENCODING;
-    if (h->reserved1[0] != 0 || h->reserved1[1] != 0) return SN_ERESERVED;
+    for (int i = 0; i < SN_HEADER_RESERVED_WORDS; i++)
+        if (h->reserved1[i] != 0) return SN_ERESERVED;
     if (h->ndim > SN_MAX_DIMS) return SN_ENDIM;
     for (int i = h->ndim; i < SN_MAX_DIMS; i++)
         if (h->shape[i] != 0) return SN_ENDIM;

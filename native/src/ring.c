@@ -20,12 +20,9 @@
 
 #define SN_RING_MAGIC 0x31474E4952534E53ull /* "SNRING1" */
 #define REDELIVER_MAX (SN_RING_MAX_MEMBERS * SN_RING_MAX_BATCH)
-#define SN_RING_MAX_BATCH 64
 #define SLICE_NS 20000000LL /* waits wake at least this often to check peers and shutdown */
 #define DEFAULT_SPIN_NS 20000
 #define REAP_NS 50000000LL
-
-enum { STATE_OPEN = 0, STATE_CLOSED = 1, STATE_DEAD = 2 };
 
 typedef struct {
     _Atomic int32_t pid;      /* 0: entry free */
@@ -40,7 +37,7 @@ _Static_assert(sizeof(member_t) == 64, "a member fills one cache line");
 
 typedef struct {
     uint32_t kind;
-    char name[32];
+    char name[SN_RING_GROUP_NAME_BYTES];
     uint32_t pad0;
     alignas(64) _Atomic uint64_t next_seq; /* WORK: next seq to hand out */
     _Atomic uint64_t tail;                 /* WORK: every seq below is released */
@@ -187,8 +184,8 @@ static int existing_is_live(const char *shm_name) {
     if (fstat(fd, &st) == 0 && (size_t)st.st_size >= sizeof(shared_t)) {
         shared_t *sh = mmap(NULL, sizeof(shared_t), PROT_READ, MAP_SHARED, fd, 0);
         if (sh != MAP_FAILED) {
-            live = sh->magic == SN_RING_MAGIC &&
-                   atomic_load(&sh->state) == STATE_OPEN && pid_alive(atomic_load(&sh->producer_pid));
+            live = sh->magic == SN_RING_MAGIC && atomic_load(&sh->state) == SN_RING_STATE_OPEN &&
+                   pid_alive(atomic_load(&sh->producer_pid));
             if (live) live = atomic_load(&sh->producer_pid);
             munmap(sh, sizeof(shared_t));
         }
@@ -260,7 +257,7 @@ int sn_ring_create(sn_ring **out, const char *name, uint32_t n_window, uint64_t 
     for (uint32_t g = 0; g < n_groups; g++) {
         sh->groups[g].kind = groups[g].kind;
         memcpy(sh->groups[g].name, groups[g].name, sizeof sh->groups[g].name);
-        sh->groups[g].name[31] = 0;
+        sh->groups[g].name[SN_RING_GROUP_NAME_BYTES - 1] = 0;
         sh->n_work += groups[g].kind == SN_GROUP_WORK;
     }
     pthread_mutexattr_t attr;
@@ -270,7 +267,7 @@ int sn_ring_create(sn_ring **out, const char *name, uint32_t n_window, uint64_t 
     pthread_mutex_init(&sh->lock, &attr);
     pthread_mutexattr_destroy(&attr);
     atomic_store(&sh->producer_pid, (int32_t)getpid());
-    atomic_store(&sh->state, STATE_OPEN);
+    atomic_store(&sh->state, SN_RING_STATE_OPEN);
     atomic_thread_fence(memory_order_seq_cst);
     sh->magic = SN_RING_MAGIC; /* last: an attacher that sees the magic sees a whole ring */
 
@@ -338,7 +335,7 @@ void sn_ring_end(sn_ring *r) {
     shared_t *sh = r->sh;
     if (!r->creator || r->ended) return;
     r->ended = 1;
-    atomic_store(&sh->state, STATE_CLOSED);
+    atomic_store(&sh->state, SN_RING_STATE_CLOSED);
     atomic_fetch_add(&sh->pub_futex, 1);
     futex_wake(&sh->pub_futex);
     shm_unlink(r->name);
@@ -371,7 +368,7 @@ uint8_t *sn_ring_slot_ptr(const sn_ring *r, uint32_t slot) {
 
 int sn_ring_group_index(const sn_ring *r, const char *name, uint32_t *kind) {
     for (uint32_t g = 0; g < r->sh->n_groups; g++) {
-        if (strncmp(r->sh->groups[g].name, name, 31) == 0) {
+        if (strncmp(r->sh->groups[g].name, name, SN_RING_GROUP_NAME_BYTES - 1) == 0) {
             if (kind) *kind = r->sh->groups[g].kind;
             return (int)g;
         }
@@ -545,12 +542,13 @@ void sn_ring_leave(sn_ring *r, uint32_t group, uint32_t member) {
 static int end_of_stream(sn_ring *r) {
     shared_t *sh = r->sh;
     uint32_t st = atomic_load(&sh->state);
-    if (st == STATE_OPEN && !pid_alive(atomic_load(&sh->producer_pid))) {
-        uint32_t open = STATE_OPEN;
-        atomic_compare_exchange_strong(&sh->state, &open, STATE_DEAD);
+    if (st == SN_RING_STATE_OPEN && !pid_alive(atomic_load(&sh->producer_pid))) {
+        uint32_t open = SN_RING_STATE_OPEN;
+        atomic_compare_exchange_strong(&sh->state, &open, SN_RING_STATE_DEAD);
         st = atomic_load(&sh->state);
     }
-    return st == STATE_CLOSED ? SN_RING_ECLOSED : st == STATE_DEAD ? SN_RING_EDEAD : 0;
+    if (st == SN_RING_STATE_CLOSED) return SN_RING_ECLOSED;
+    return st == SN_RING_STATE_DEAD ? SN_RING_EDEAD : SN_RING_OK;
 }
 
 static int pop_redelivery(shared_t *sh, group_t *g, member_t *mem, uint64_t *seq) {

@@ -469,7 +469,7 @@ static void process(module *m, int n, int64_t now) {
 static void *module_main(void *arg) {
     module *m = arg;
     struct sn_udp_receiver *r = m->r;
-    if (r->cfg.cpus[m->index] >= 0) {
+    if (r->cfg.cpus[m->index] >= 0) { /* SN_UDP_NO_CPU (any negative): not pinned */
         cpu_set_t set;
         CPU_ZERO(&set);
         CPU_SET(r->cfg.cpus[m->index], &set);

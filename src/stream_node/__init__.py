@@ -5,35 +5,58 @@
 >>> run = stream_node.read_run("demo.h5")                               # doctest: +SKIP
 >>> run.frames.shape, run.missing                                       # doctest: +SKIP
 ((100, 512, 1024), {})
+
+The names below load on first use (PEP 562): `import stream_node` costs nothing, and importing
+`stream_node.kernels` or the reader starts neither ZeroMQ nor the collector.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from stream_node.collector import Collector, CollectorConfig
-from stream_node.control import Liveness
-from stream_node.demo import run_local_pipeline
-from stream_node.errors import (
-    ConfigError,
-    EndOfStream,
-    ExitCode,
-    OutputExistsError,
-    PeerTimeout,
-    ProtocolError,
-    RingError,
-    RingTimeout,
-    RunAborted,
-    StorageError,
-    StreamNodeError,
-)
-from stream_node.frame import Encoding, FrameHeader, MsgType, frame_header, payload_view
-from stream_node.ring import Consumer, Ring, RingFrame
-from stream_node.run_file import Run, read_run
-from stream_node.source import RunSummary, Source, SourceConfig
-from stream_node.status import query_status
-from stream_node.synthetic import SyntheticDetector, stamped_id
-from stream_node.tap import subscribe
-from stream_node.transport import LinkLimits
-from stream_node.worker import Worker, WorkerConfig
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from stream_node._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Collector": "stages.collector",
+    "CollectorConfig": "stages.collector",
+    "ConfigError": "model.errors",
+    "Consumer": "links.ring",
+    "Encoding": "model.frame",
+    "EndOfStream": "model.errors",
+    "ExitCode": "model.errors",
+    "FrameHeader": "model.frame",
+    "KernelError": "model.errors",
+    "LinkLimits": "links.transport",
+    "Liveness": "links.control",
+    "MsgType": "model.frame",
+    "OutputExistsError": "model.errors",
+    "PeerTimeout": "model.errors",
+    "ProtocolError": "model.errors",
+    "Ring": "links.ring",
+    "RingError": "model.errors",
+    "RingFrame": "links.ring",
+    "RingTimeout": "model.errors",
+    "Run": "storage.reader",
+    "RunAborted": "model.errors",
+    "RunContract": "model.contract",
+    "RunSummary": "stages.source",
+    "Source": "stages.source",
+    "SourceConfig": "stages.source",
+    "StorageError": "model.errors",
+    "StreamNodeError": "model.errors",
+    "SyntheticDetector": "origins.synthetic",
+    "Worker": "stages.worker",
+    "WorkerConfig": "stages.worker",
+    "frame_header": "model.frame",
+    "payload_view": "model.frame",
+    "query_status": "ops.status_client",
+    "read_run": "storage.reader",
+    "run_local_pipeline": "deploy.demo",
+    "stamped_id": "origins.synthetic",
+    "subscribe": "ops.tap",
+}
 
 __all__ = [
     "Collector",
@@ -44,6 +67,7 @@ __all__ = [
     "EndOfStream",
     "ExitCode",
     "FrameHeader",
+    "KernelError",
     "LinkLimits",
     "Liveness",
     "MsgType",
@@ -56,6 +80,7 @@ __all__ = [
     "RingTimeout",
     "Run",
     "RunAborted",
+    "RunContract",
     "RunSummary",
     "Source",
     "SourceConfig",
@@ -73,3 +98,45 @@ __all__ = [
     "stamped_id",
     "subscribe",
 ]
+
+if TYPE_CHECKING:
+    from stream_node.deploy.demo import run_local_pipeline
+    from stream_node.links.control import Liveness
+    from stream_node.links.ring import Consumer, Ring, RingFrame
+    from stream_node.links.transport import LinkLimits
+    from stream_node.model.contract import RunContract
+    from stream_node.model.errors import (
+        ConfigError,
+        EndOfStream,
+        ExitCode,
+        KernelError,
+        OutputExistsError,
+        PeerTimeout,
+        ProtocolError,
+        RingError,
+        RingTimeout,
+        RunAborted,
+        StorageError,
+        StreamNodeError,
+    )
+    from stream_node.model.frame import Encoding, FrameHeader, MsgType, frame_header, payload_view
+    from stream_node.ops.status_client import query_status
+    from stream_node.ops.tap import subscribe
+    from stream_node.origins.synthetic import SyntheticDetector, stamped_id
+    from stream_node.stages.collector import Collector, CollectorConfig
+    from stream_node.stages.source import RunSummary, Source, SourceConfig
+    from stream_node.stages.worker import Worker, WorkerConfig
+    from stream_node.storage.reader import Run, read_run
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stream_node' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"stream_node.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -42,6 +42,7 @@ extern "C" {
 #define SN_HEADER_VERSION 1
 #define SN_HEADER_SIZE 96
 #define SN_MAX_DIMS 4
+#define SN_HEADER_RESERVED_WORDS 2 /* uint64_t words in reserved1; all 0 in version 1 */
 
 typedef enum sn_msg_type {
     SN_MSG_START = 1,     /* run metadata (msgpack body); opens a run on a peer */
@@ -122,7 +123,7 @@ typedef struct sn_frame_header {
     uint64_t timestamp_ns;
     uint32_t sender;
     uint32_t parts;
-    uint64_t reserved1[2];
+    uint64_t reserved1[SN_HEADER_RESERVED_WORDS];
 } sn_frame_header;
 
 /* Bytes per element of a dtype code, 0 for an unknown code. */

@@ -47,10 +47,20 @@ extern "C" {
 #define SN_RING_MAX_MEMBERS 16
 #define SN_RING_MAX_WINDOW 65536
 #define SN_RING_NAME_MAX 64
+#define SN_RING_GROUP_NAME_BYTES 32 /* a group name's buffer, NUL included: 1 to 31 bytes */
+#define SN_RING_MAX_BATCH 64 /* frames one sn_ring_acquire hands out at most (a larger max is
+                                clamped) */
 #define SN_RING_PAYLOAD_OFFSET 128
 #define SN_RING_WRITING 0x80000000u
 
 enum { SN_GROUP_UNUSED = 0, SN_GROUP_WORK = 1, SN_GROUP_LATEST = 2 };
+
+/* The stream's state, in sn_ring_stats.state. */
+enum {
+    SN_RING_STATE_OPEN = 0,   /* the producer may still publish */
+    SN_RING_STATE_CLOSED = 1, /* the producer ended the stream (sn_ring_end) */
+    SN_RING_STATE_DEAD = 2    /* the producer process died without ending it */
+};
 
 enum {
     SN_RING_OK = 0,
@@ -72,7 +82,7 @@ enum {
 typedef struct sn_ring sn_ring; /* a process's handle on a mapped ring */
 
 typedef struct sn_ring_group_spec {
-    char name[32];
+    char name[SN_RING_GROUP_NAME_BYTES];
     uint32_t kind; /* SN_GROUP_WORK or SN_GROUP_LATEST */
 } sn_ring_group_spec;
 
@@ -84,7 +94,7 @@ typedef struct sn_ring_stats {
     uint64_t skipped[SN_RING_MAX_GROUPS];
     uint64_t redelivered[SN_RING_MAX_GROUPS];
     uint32_t n_groups;
-    uint32_t state; /* 0 open, 1 closed, 2 producer dead */
+    uint32_t state; /* SN_RING_STATE_* */
 } sn_ring_stats;
 
 /* Create NAME (stale segments of dead producers are removed; a live one gives SN_RING_EINUSE). */

@@ -39,6 +39,8 @@ extern "C" {
 #define SN_UDP_MAX_MODULES 32
 #define SN_UDP_MAX_BATCH 256
 #define SN_UDP_MAX_JUMP (1u << 20) /* a frame number this far past the highest is not believed */
+#define SN_UDP_HOST_BYTES 64 /* sn_udp_config.host, NUL included */
+#define SN_UDP_NO_CPU (-1)   /* sn_udp_config.cpus[i]: do not pin (any negative value) */
 
 enum {
     SN_UDP_OK = 0,
@@ -62,9 +64,9 @@ typedef struct sn_udp_config {
     sn_udp_geometry geo;
     uint32_t n_modules;
     uint32_t grid_rows, grid_cols;  /* modules in the full image; a header's (row, column) */
-    char host[64];                  /* IPv4 address to bind */
+    char host[SN_UDP_HOST_BYTES];   /* IPv4 address to bind */
     uint16_t ports[SN_UDP_MAX_MODULES];
-    int32_t cpus[SN_UDP_MAX_MODULES]; /* pin module i's thread to this CPU; -1: no pinning */
+    int32_t cpus[SN_UDP_MAX_MODULES]; /* pin module i's thread to this CPU, or SN_UDP_NO_CPU */
     int64_t rcvbuf_bytes;           /* SO_RCVBUF(FORCE) asked for each socket */
     int64_t frame_timeout_ns;       /* a frame waits at most this for its last packets */
     uint32_t window;                /* frames assembled at once (each holds a claimed slot) */

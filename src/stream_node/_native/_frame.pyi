@@ -1,4 +1,7 @@
-from collections.abc import Buffer
+from collections.abc import Sequence
+from typing import ClassVar
+
+from typing_extensions import Buffer
 
 HEADER_SIZE: int
 HEADER_VERSION: int
@@ -8,12 +11,13 @@ def itemsize(dtype_code: int) -> int: ...
 
 class FrameHeader:
     sender: int
+    __hash__: ClassVar[None]  # type: ignore[assignment]
     def __init__(
         self,
         msg_type: int,
         run_id: int = 0,
         frame_id: int = 0,
-        shape: tuple[int, ...] = (),
+        shape: Sequence[int] = (),
         dtype_code: int = 0,
         encoding: int = 0,
         payload_bytes: int | None = None,
@@ -25,6 +29,7 @@ class FrameHeader:
     @staticmethod
     def parse(buf: Buffer) -> FrameHeader: ...
     def pack(self) -> bytes: ...
+    def __eq__(self, other: object, /) -> bool: ...
     @property
     def msg_type(self) -> int: ...
     @property

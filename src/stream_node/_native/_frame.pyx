@@ -14,6 +14,7 @@ from stream_node._native.frame_header cimport (
     SN_HEADER_SIZE,
     SN_HEADER_VERSION,
     SN_MAX_DIMS,
+    SN_OK,
     sn_dtype_itemsize,
     sn_frame_header,
     sn_header_pack,
@@ -21,7 +22,7 @@ from stream_node._native.frame_header cimport (
     sn_header_strerror,
 )
 
-from stream_node.errors import ProtocolError
+from stream_node.model.errors import ProtocolError
 
 HEADER_SIZE = SN_HEADER_SIZE
 HEADER_VERSION = SN_HEADER_VERSION
@@ -37,8 +38,10 @@ cdef str _describe(int rc, const unsigned char[::1] raw, Py_ssize_t n, sn_frame_
     cdef str base = sn_header_strerror(rc).decode()
     if rc == SN_ETRUNCATED:
         return f"{base}: got {n} bytes, a header needs {SN_HEADER_SIZE}"
+    cdef Py_ssize_t m = sizeof(h.magic)
     if rc == SN_EMAGIC:
-        return f"{base} (first bytes {bytes(raw[:4])!r}, expected b'SNFR')"
+        return (f"{base} (first bytes {bytes(raw[:m])!r}, "
+                f"expected {(<object>SN_HEADER_MAGIC).to_bytes(m, 'little')!r})")
     if rc == SN_EVERSION:
         return f"{base}: got version {h.version}, this build speaks {SN_HEADER_VERSION}"
     return (f"{base} (type={h.msg_type} dtype={h.dtype} encoding={h.encoding} ndim={h.ndim} "
@@ -91,7 +94,7 @@ cdef class FrameHeader:
             rc = SN_ETRUNCATED
         else:
             rc = sn_header_parse(&raw[0], n, &self.h)
-        if rc != 0:
+        if rc != SN_OK:
             memset(&self.h, 0, sizeof(sn_frame_header))
             if n >= SN_HEADER_SIZE:
                 # Decode the fields without validating them, so the message can name them.
@@ -104,7 +107,7 @@ cdef class FrameHeader:
         cdef bytearray out = bytearray(SN_HEADER_SIZE)
         cdef unsigned char[::1] view = out
         cdef int rc = sn_header_pack(&self.h, &view[0], SN_HEADER_SIZE)
-        if rc != 0:
+        if rc != SN_OK:
             raise ProtocolError(_describe(rc, view, SN_HEADER_SIZE, &self.h))
         return bytes(out)
 
@@ -170,4 +173,5 @@ cdef class FrameHeader:
                 f"frame_id={self.h.frame_id}, shape={self.shape}, dtype_code={self.h.dtype}, "
                 f"encoding={self.h.encoding}, payload_bytes={self.h.payload_bytes}, "
                 f"uncompressed_bytes={self.h.uncompressed_bytes}, "
-                f"timestamp_ns={self.h.timestamp_ns}, flags={self.h.flags}, sender={self.h.sender}, parts={self.h.parts})")
+                f"timestamp_ns={self.h.timestamp_ns}, flags={self.h.flags}, "
+                f"sender={self.h.sender}, parts={self.h.parts})")

@@ -1,22 +1,24 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The ring's C API, one call per C function, GIL released around every wait.
 
-Private: `stream_node.ring.Ring` is the class people use. Errors become exceptions here, so every
-C return code is checked in exactly one place.
+Private: `stream_node.links.ring.Ring` is the class people use. Errors become exceptions here, so
+every C return code is checked in exactly one place.
 """
 from cpython.buffer cimport PyBUF_WRITABLE
 from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, strerror
 
+from stream_node._native.frame_header cimport SN_HEADER_SIZE
 from stream_node._native.ring cimport *
 
-from stream_node.errors import EndOfStream, RingError, RingTimeout
+from stream_node.model.errors import EndOfStream, RingError, RingTimeout
 
 WORK = SN_GROUP_WORK
 LATEST = SN_GROUP_LATEST
 MAX_GROUPS = SN_RING_MAX_GROUPS
 MAX_MEMBERS = SN_RING_MAX_MEMBERS
+MAX_BATCH = SN_RING_MAX_BATCH
 PAYLOAD_OFFSET = SN_RING_PAYLOAD_OFFSET
 
 
@@ -28,9 +30,19 @@ cdef int check(int rc, str what) except -1:
         raise RingTimeout(msg)
     if rc == SN_RING_ECLOSED or rc == SN_RING_EDEAD or rc == SN_RING_ESHUTDOWN:
         raise EndOfStream(msg, rc)
-    if rc == -112:  # SN_RING_ESYS
+    if rc == SN_RING_ESYS:
         msg += f" ({strerror(errno).decode()})"
     raise RingError(msg, rc)
+
+
+cdef str _state_name(uint32_t state):
+    if state == SN_RING_STATE_OPEN:
+        return "open"
+    if state == SN_RING_STATE_CLOSED:
+        return "closed"
+    if state == SN_RING_STATE_DEAD:
+        return "producer dead"
+    raise RingError(f"unknown ring state {state}", SN_RING_EINVAL)
 
 
 cdef class SlotBuffer:
@@ -72,15 +84,16 @@ cdef class RingHandle:
     @staticmethod
     def create(str name, uint32_t n_window, uint64_t slot_bytes, list groups, uint32_t max_pins,
                uint32_t mode):
-        cdef sn_ring_group_spec specs[8]
+        cdef sn_ring_group_spec specs[SN_RING_MAX_GROUPS]
         cdef Py_ssize_t i
         cdef bytes gname
         if len(groups) > SN_RING_MAX_GROUPS:
-            raise RingError(f"at most {SN_RING_MAX_GROUPS} groups", -111)
+            raise RingError(f"at most {SN_RING_MAX_GROUPS} groups", SN_RING_EINVAL)
         for i, (group_name, kind) in enumerate(groups):
             gname = group_name.encode()
-            if not 0 < len(gname) < 32:
-                raise RingError(f"group name {group_name!r} must have 1 to 31 bytes", -111)
+            if not 0 < len(gname) < SN_RING_GROUP_NAME_BYTES:
+                raise RingError(f"group name {group_name!r} must have 1 to "
+                                f"{SN_RING_GROUP_NAME_BYTES - 1} bytes", SN_RING_EINVAL)
             memcpy(specs[i].name, <char *>gname, len(gname) + 1)
             specs[i].kind = kind
         cdef RingHandle self = RingHandle.__new__(RingHandle)
@@ -104,7 +117,7 @@ cdef class RingHandle:
     @staticmethod
     def unlink(str name):
         cdef bytes bname = name.encode()
-        return sn_ring_unlink(bname) == 0
+        return sn_ring_unlink(bname) == SN_RING_OK
 
     def end(self):
         sn_ring_end(self.r)
@@ -129,7 +142,7 @@ cdef class RingHandle:
 
     def slot_buffer(self, uint32_t slot):
         if slot >= sn_ring_n_slots(self.r):
-            raise RingError(f"slot {slot} out of range", -111)
+            raise RingError(f"slot {slot} out of range", SN_RING_EINVAL)
         cdef SlotBuffer buf = SlotBuffer.__new__(SlotBuffer)
         buf.ring = self
         buf.ptr = sn_ring_slot_ptr(self.r, slot)
@@ -161,21 +174,24 @@ cdef class RingHandle:
         """Claim up to max_frames slots into slots[:n] (caller-owned, reused); returns n."""
         cdef int rc
         if max_frames > <uint32_t>slots.shape[0]:
-            raise RingError("output array smaller than max_frames", -111)
+            raise RingError("output array smaller than max_frames", SN_RING_EINVAL)
         with nogil:
             rc = sn_ring_claim_n(self.r, max_frames, timeout_ns, &slots[0])
         return check(rc, f"ring {self.name!r}: claiming slots")
 
     def publish_n(self, uint32_t[::1] slots, uint32_t n, const uint8_t[:, ::1] headers):
-        """Copy headers[i] (96 bytes each) into slots[i], then publish the n slots at once."""
+        """Copy headers[i] (one packed frame header each) into slots[i], then publish the n slots
+        at once."""
         cdef uint32_t i
         cdef uint64_t seq = 0
-        if n > <uint32_t>slots.shape[0] or n > <uint32_t>headers.shape[0] or headers.shape[1] != 96:
-            raise RingError("publish_n needs n slots and an n x 96 header array", -111)
+        if (n > <uint32_t>slots.shape[0] or n > <uint32_t>headers.shape[0]
+                or headers.shape[1] != SN_HEADER_SIZE):
+            raise RingError(f"publish_n needs n slots and an n x {SN_HEADER_SIZE} header array",
+                            SN_RING_EINVAL)
         for i in range(n):
             if slots[i] >= sn_ring_n_slots(self.r):
-                raise RingError(f"slot {slots[i]} out of range", -111)
-            memcpy(sn_ring_slot_ptr(self.r, slots[i]), &headers[i, 0], 96)
+                raise RingError(f"slot {slots[i]} out of range", SN_RING_EINVAL)
+            memcpy(sn_ring_slot_ptr(self.r, slots[i]), &headers[i, 0], SN_HEADER_SIZE)
         check(sn_ring_publish_n(self.r, &slots[0], n, &seq),
               f"ring {self.name!r}: publishing {n} slots (not all claimed?)")
         return seq
@@ -193,7 +209,7 @@ cdef class RingHandle:
         """Fill slots[:n], seqs[:n] (caller-owned, reused: no allocation); returns n."""
         cdef int rc
         if max_frames > <uint32_t>slots.shape[0] or max_frames > <uint32_t>seqs.shape[0]:
-            raise RingError("output arrays smaller than max_frames", -111)
+            raise RingError("output arrays smaller than max_frames", SN_RING_EINVAL)
         with nogil:
             rc = sn_ring_acquire(self.r, group, member, max_frames, timeout_ns, &slots[0],
                                  &seqs[0])
@@ -222,5 +238,5 @@ cdef class RingHandle:
             "consumed": [st.consumed[i] for i in range(n)],
             "skipped": [st.skipped[i] for i in range(n)],
             "redelivered": [st.redelivered[i] for i in range(n)],
-            "state": ("open", "closed", "producer dead")[st.state],
+            "state": _state_name(st.state),
         }

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The UDP receiver's and sender's C API, one call per C function, the GIL released while C runs.
 
-Private: `stream_node.udp` is the module people use. Errors become exceptions here.
+Private: `stream_node.origins.udp` is the module people use. Errors become exceptions here.
 """
 from libc.errno cimport errno
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -10,7 +10,7 @@ from libc.string cimport memcpy, memset, strerror
 from stream_node._native._ring cimport RingHandle
 from stream_node._native.udp_receiver cimport *
 
-from stream_node.errors import ConfigError
+from stream_node.model.errors import ConfigError
 
 HEADER_BYTES = SN_UDP_HEADER_BYTES
 MAX_MODULES = SN_UDP_MAX_MODULES
@@ -48,12 +48,12 @@ cdef class Receiver:
         cfg.n_modules = len(ports)
         cfg.grid_rows, cfg.grid_cols = grid
         cdef bytes bhost = host.encode()
-        if len(bhost) >= 64:
+        if len(bhost) >= SN_UDP_HOST_BYTES:
             raise ConfigError(f"udp: host {host!r} is too long")
         memcpy(cfg.host, <char *>bhost, len(bhost) + 1)
         for i in range(len(ports)):
             cfg.ports[i] = ports[i]
-            cfg.cpus[i] = cpus[i] if i < len(cpus) else -1
+            cfg.cpus[i] = cpus[i] if i < len(cpus) else SN_UDP_NO_CPU
         cfg.rcvbuf_bytes = rcvbuf_bytes
         cfg.frame_timeout_ns = <int64_t>(frame_timeout_s * 1e9)
         cfg.window = window
@@ -120,11 +120,12 @@ def send(str host, list ports, tuple geometry, const uint16_t[:, ::1] rows_cols 
          double rate_pps=0.0, int64_t sndbuf=0):
     """Send the scheduled packets (see sn_udp_send); returns how many went out."""
     cdef sn_udp_geometry g = _geometry(geometry)
-    cdef uint16_t cports[32]
+    cdef uint16_t cports[SN_UDP_MAX_MODULES]
     cdef uint32_t n_modules = len(ports)
     cdef uint64_t n = sched_module.shape[0]
     if not 0 < n_modules <= SN_UDP_MAX_MODULES or rows_cols.shape[0] < n_modules:
-        raise ConfigError("udp send: 1 to 32 ports, and a (row, column) for each")
+        raise ConfigError(f"udp send: 1 to {SN_UDP_MAX_MODULES} ports, and a (row, column) "
+                          "for each")
     if images.shape[0] < n_modules or images.shape[1] != <Py_ssize_t>(g.packets_per_frame * g.payload_bytes):
         raise ConfigError("udp send: one module image of packets * payload bytes per port")
     if sched_frame.shape[0] != n or sched_packet.shape[0] != n:

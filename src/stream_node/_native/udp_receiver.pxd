@@ -11,9 +11,18 @@ cdef extern from "stream_node/udp_receiver.h" nogil:
         SN_UDP_MAX_MODULES
         SN_UDP_MAX_BATCH
         SN_UDP_MAX_JUMP
+        SN_UDP_HOST_BYTES
+        SN_UDP_NO_CPU
+
+    # Error codes (negative).
+    enum:
         SN_UDP_OK
         SN_UDP_EINVAL
         SN_UDP_ESYS
+        SN_UDP_ENOMEM
+        SN_UDP_ESTATE
+
+    enum:
         SN_UDP_EV_PARTIAL
         SN_UDP_EV_MISSING
         SN_UDP_EV_RING_FULL
@@ -33,9 +42,9 @@ cdef extern from "stream_node/udp_receiver.h" nogil:
         uint32_t n_modules
         uint32_t grid_rows
         uint32_t grid_cols
-        char host[64]
-        uint16_t ports[32]
-        int32_t cpus[32]
+        char host[SN_UDP_HOST_BYTES]
+        uint16_t ports[SN_UDP_MAX_MODULES]
+        int32_t cpus[SN_UDP_MAX_MODULES]
         int64_t rcvbuf_bytes
         int64_t frame_timeout_ns
         uint32_t window
@@ -78,7 +87,7 @@ cdef extern from "stream_node/udp_receiver.h" nogil:
         uint32_t started
         uint32_t done
         int64_t rcvbuf_granted
-        sn_udp_module_stats modules[32]
+        sn_udp_module_stats modules[SN_UDP_MAX_MODULES]
 
     ctypedef struct sn_udp_receiver:
         pass

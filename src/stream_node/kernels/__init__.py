@@ -11,30 +11,29 @@ Built-in kernels are in `KERNELS` (each with a numpy reference in `kernels.refer
 Numba version in `kernels._numba`, same signature). A user kernel is a plain Python function,
 numba-jitted or numpy, named ``"python:package.module.function"`` in the spec and called like the
 built-ins: ``fn(frame, out, **params) -> int | None`` (see `kernels.examples`).
+Importing this package loads no kernel: `KERNELS` and the names below load on first use (PEP 562),
+so `stream_node.kernels.compression` or a kernel's geometry costs no Numba import.
 """
 
 from __future__ import annotations
 
-from stream_node.errors import StreamNodeError
+import importlib
+from typing import TYPE_CHECKING, Any
 
+from stream_node.model.errors import KernelError
 
-class KernelError(StreamNodeError):
-    """A kernel failed on one frame; `kernel` names the stage, `frame_id` the frame if known.
+if TYPE_CHECKING:
+    from stream_node.kernels.chain import Chain, build_chain
+    from stream_node.kernels.registry import KERNELS, KernelInfo
+    from stream_node.kernels.stage import Stage
 
-    The worker catches it, records the frame and carries on with the next one.
-    """
-
-    def __init__(self, kernel: str, message: str, frame_id: int | None = None) -> None:
-        where = "" if frame_id is None else f" on frame {frame_id}"
-        super().__init__(f"kernel {kernel!r} failed{where}: {message}")
-        self.kernel = kernel
-        self.frame_id = frame_id
-        self.reason = message
-
-
-# Imported after KernelError, which the chain raises (and imports from here).
-from stream_node.kernels.chain import Chain, build_chain  # noqa: E402
-from stream_node.kernels.registry import KERNELS, KernelInfo  # noqa: E402
-from stream_node.kernels.stage import Stage  # noqa: E402
+_LAZY = {"Chain": "chain", "build_chain": "chain", "KERNELS": "registry", "KernelInfo": "registry",
+         "Stage": "stage"}
 
 __all__ = ["KERNELS", "Chain", "KernelError", "KernelInfo", "Stage", "build_chain"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"stream_node.kernels.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'stream_node.kernels' has no attribute {name!r}")

@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from stream_node.errors import ConfigError
-from stream_node.kernels import KernelError
 from stream_node.kernels.registry import build_stage
 from stream_node.kernels.stage import Stage, aligned_empty
+from stream_node.model.errors import ConfigError, KernelError
 
 INPUT = "chain input"  # the `kernel` of a KernelError about the frame itself
 BACKENDS = ("numba", "reference")
@@ -110,6 +109,21 @@ def build_chain(spec: Sequence[Mapping[str, Any]], frame_shape: Sequence[int],
     `ConfigError`. ``backend="reference"`` runs the numpy references instead (slow; to compute
     offline what a worker computes).
     """
+    stages = _stages(spec, frame_shape, frame_dtype, backend)
+    return Chain(stages, tuple(int(n) for n in frame_shape), np.dtype(frame_dtype))
+
+
+def chain_geometry(spec: Sequence[Mapping[str, Any]], frame_shape: Sequence[int],
+                   frame_dtype: np.dtype | type | str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of what a chain makes of such frames, every entry checked as
+    `build_chain` checks it, but nothing compiled and no frame buffer allocated: the source
+    needs the output geometry for START, the workers compile the kernels."""
+    last = _stages(spec, frame_shape, frame_dtype, "reference")[-1]
+    return last.out_shape, last.out_dtype
+
+
+def _stages(spec: Sequence[Mapping[str, Any]], frame_shape: Sequence[int],
+            frame_dtype: np.dtype | type | str, backend: str) -> list[Stage]:
     if backend not in BACKENDS:
         raise ConfigError(f"unknown kernel backend {backend!r} (choose from {BACKENDS})")
     if isinstance(spec, (str, bytes, Mapping)) or not isinstance(spec, Sequence) or not spec:
@@ -135,4 +149,4 @@ def build_chain(spec: Sequence[Mapping[str, Any]], frame_shape: Sequence[int],
         if len(shape) != 2 and len(stages) < len(spec):
             raise ConfigError(f"{stage.label} makes {len(shape)}-D output {shape}; only the last "
                               "kernel of a chain may (the next one needs a 2-D frame)")
-    return Chain(stages, tuple(int(n) for n in frame_shape), np.dtype(frame_dtype))
+    return stages

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream_node.errors import ConfigError
+from stream_node.model.errors import ConfigError
 
 
 def azimuthal_bin_index(shape: tuple[int, int], beam_centre: Sequence[float], nbins: int,

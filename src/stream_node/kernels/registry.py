@@ -19,10 +19,10 @@ from typing import Any
 import numba
 import numpy as np
 
-from stream_node.errors import ConfigError
 from stream_node.kernels import _numba, reference
 from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.stage import GainStage, PedestalStage, Stage, aligned_copy
+from stream_node.model.errors import ConfigError
 
 USER_PREFIX = "python:"
 # Frame dtypes the summing kernels accept: their sums are exact in int64 / float64.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from stream_node.model.contract import frame_nbytes
 
 ALIGN = 64  # a cache line: a (pedestal, gain) pair of the packed G1/G2 maps is in one line
 
@@ -19,7 +20,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | type | str) -> np.nd
     correction's G1/G2 pairs) could need two lines for one pixel.
     """
     dt = np.dtype(dtype)
-    nbytes = math.prod(shape) * dt.itemsize
+    nbytes = frame_nbytes(shape, dt)
     raw = np.empty(nbytes + ALIGN, np.uint8)
     offset = (-raw.ctypes.data) % ALIGN
     return raw[offset:offset + nbytes].view(dt).reshape(shape)

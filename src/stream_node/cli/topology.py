@@ -1,0 +1,132 @@
+"""`stream-node run`, `check` and `config show`: a topology file's stages on this host."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stream_node.cli.options import EPILOG, FORMAT
+from stream_node.cli.roles import role_parsers
+from stream_node.model.errors import ConfigError, ExitCode
+
+if TYPE_CHECKING:
+    from stream_node.deploy.topology import Topology
+
+TOPOLOGY_EXAMPLE = """example:
+  stream-node check examples/three_hosts.toml
+  stream-node run examples/three_hosts.toml --node detector    # on each host, its node
+  STREAM_NODE_READY_TIMEOUT=60 stream-node run topo.toml --node storage --set drain_timeout=30
+settings: built-in default < file < environment STREAM_NODE_KEY (e.g. STREAM_NODE_FRAMES=100)
+  < --set [source.|worker.|collector.]KEY=VALUE; KEY is a role flag with _ for -
+"""
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+
+    def overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="[ROLE.]KEY=VALUE",
+                       help="override a setting of every stage (or of one role) that has it")
+
+    run = sub.add_parser("run", help="start this host's stages of a topology file",
+                         formatter_class=FORMAT, epilog=TOPOLOGY_EXAMPLE + EPILOG + """
+  (run: the worst of its stages' codes, in this order: 1, 6, 5, 2, 4, 7, 3, 0)
+signals: the first SIGINT/SIGTERM goes to the source, which ends the run (the other stages
+  follow), the second makes every stage abort at once (missing frames recorded), the third kills""")
+    run.add_argument("topology", type=Path, metavar="TOPOLOGY.toml")
+    run.add_argument("--node", required=True, help="this host's node in the topology")
+    overrides(run)
+    run.set_defaults(handler=run_node)
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the commands this node would run, start nothing")
+
+    chk = sub.add_parser("check", help="validate a topology file, start nothing",
+                         formatter_class=FORMAT, epilog=TOPOLOGY_EXAMPLE + EPILOG)
+    chk.add_argument("topology", type=Path, metavar="TOPOLOGY.toml")
+    overrides(chk)
+    chk.set_defaults(handler=check)
+
+    cfg = sub.add_parser("config", help="the effective configuration and where it came from",
+                         formatter_class=FORMAT, epilog=TOPOLOGY_EXAMPLE + EPILOG)
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="show")
+    show = cfg_sub.add_parser("show", help="print every setting with its origin",
+                              formatter_class=FORMAT, epilog=TOPOLOGY_EXAMPLE + EPILOG)
+    show.add_argument("topology", type=Path, nargs="?", metavar="TOPOLOGY.toml",
+                      help="without it: the role commands' settings on this host")
+    show.add_argument("--node", help="only this node")
+    show.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    overrides(show)
+    show.set_defaults(handler=config_show)
+
+
+def global_args(args: argparse.Namespace) -> list[str]:
+    """The options every stage of `run` gets from the command that started it."""
+    return ["--log-level", args.log_level] + (["--log-json"] if args.log_json else [])
+
+
+def _load_topology(args: argparse.Namespace) -> Topology:
+    from stream_node.deploy.topology_file import load
+
+    return load(args.topology, role_parsers(), sets=args.overrides)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    from stream_node.deploy.launcher import Launcher
+
+    topo = _load_topology(args)
+    if args.dry_run:
+        for command in topo.commands(topo.node(args.node).name):
+            print(shlex.join(["stream-node", *global_args(args), *command.args]))
+        return ExitCode.OK
+    return Launcher(topo, args.node, global_args(args), args.log_json).run()
+
+
+def check(args: argparse.Namespace) -> int:
+    from stream_node.deploy.topology import TopologyError
+
+    try:
+        topo = _load_topology(args)
+    except TopologyError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        print(f"stream-node check: {len(exc.problems)} problem(s), nothing started",
+              file=sys.stderr)
+        return ExitCode.CONFIG
+    stages = "; ".join(f"{node.name} ({node.host}): " + " + ".join(
+        f"{s.count} workers" if s.kind == "workers" else s.kind for s in node.stages.values())
+        for node in topo.nodes.values())
+    print(f"{args.topology}: ok: run {topo.name!r}; {stages}")
+    return ExitCode.OK
+
+
+def config_show(args: argparse.Namespace) -> int:
+    from stream_node.deploy.settings import Setting, builtin, environment, render, role_options
+
+    sections: list[tuple[str, dict[str, Setting], list[str]]] = []
+    if args.topology is None:  # the role commands as typed on this host: defaults < env
+        if args.overrides:
+            raise ConfigError("--set needs a TOPOLOGY.toml (a role command takes flags)")
+        env = environment(os.environ)
+        for role, parser in role_parsers().items():
+            settings = builtin(role_options(parser))
+            settings.update({k: Setting(*env[k]) for k in settings if k in env})
+            sections.append((role, settings, []))
+    else:
+        topo = _load_topology(args)
+        for node in [topo.node(args.node)] if args.node else list(topo.nodes.values()):
+            commands = topo.commands(node.name)
+            for stage in node.stages.values():
+                settings = dict(stage.settings)
+                if stage.kind == "source" and topo.kernels:
+                    settings["kernels"] = Setting(topo.kernels, "file (the workers' chain)")
+                if stage.kind == "workers":
+                    settings["count"] = Setting(stage.count, "file or default 1")
+                mine = [shlex.join(["stream-node", *global_args(args), *c.args])
+                        for c in commands if c.role == stage.role]
+                sections.append((f"nodes.{node.name}.{stage.kind}", settings, mine))
+    print(render(sections, args.json))
+    return ExitCode.OK

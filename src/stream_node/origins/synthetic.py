@@ -1,0 +1,93 @@
+"""A detector simulator whose frames can be recomputed from their ids: tests prove byte equality."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from stream_node.model.contract import frame_nbytes
+from stream_node.model.errors import ConfigError
+from stream_node.model.frame import dtype_code
+from stream_node.origins.base import GeneratedOrigin, OriginOptions
+
+# Knuth's multiplicative hash spreads consecutive ids over the pool, so neighbours differ.
+_SPREAD = 2654435761
+
+
+class SyntheticDetector:
+    """Frames of Poisson photon counts, stamped with their frame id.
+
+    Drawing Poisson numbers costs ~10 ms per megapixel, far slower than the pipeline, so a small
+    pool of images is drawn once and each frame is a pool image chosen by its id, with the id
+    written into its first 8 bytes (little-endian). `frame(i)` is therefore a pure function of
+    (shape, dtype, seed, mean_photons, pool, i): any process recomputes the exact bytes.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...] = (512, 1024),
+        dtype: str | np.dtype = "uint16",
+        seed: int = 0,
+        mean_photons: float = 2.0,
+        pool: int = 8,
+    ) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        dtype_code(self.dtype)  # raises for a dtype frames cannot carry
+        if not self.shape or min(self.shape) < 1:
+            raise ConfigError(f"frame shape must have positive dimensions, got {self.shape}")
+        if self.nbytes < 8:
+            raise ConfigError(f"frames need at least 8 bytes to carry their id, got {self.nbytes}")
+        if pool < 1 or mean_photons < 0:
+            raise ConfigError("pool must be >= 1 and mean_photons >= 0")
+        rng = np.random.default_rng(seed)
+        self._pool = [rng.poisson(mean_photons, self.shape).astype(self.dtype) for _ in range(pool)]
+
+    @property
+    def nbytes(self) -> int:
+        return frame_nbytes(self.shape, self.dtype)
+
+    def frame(self, frame_id: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The frame with this id, written into `out` when given (no allocation)."""
+        if out is None:
+            out = np.empty(self.shape, self.dtype)
+        np.copyto(out, self._pool[(frame_id * _SPREAD) % len(self._pool)])
+        out.reshape(-1).view(np.uint8)[:8] = np.frombuffer(
+            int(frame_id).to_bytes(8, "little"), np.uint8
+        )
+        return out
+
+    def frames(self, count: int, first: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame_id, array) for `count` frames; each array is new, so it may be sent zero-copy."""
+        for frame_id in range(first, first + count):
+            yield frame_id, self.frame(frame_id)
+
+
+def stamped_id(frame: np.ndarray) -> int:
+    """The frame id a synthetic frame carries in its first 8 bytes."""
+    return int.from_bytes(np.ascontiguousarray(frame).reshape(-1).view(np.uint8)[:8].tobytes(),
+                          "little")
+
+
+class SyntheticOrigin(GeneratedOrigin):
+    """`synthetic:` — Poisson frames stamped with their id (see `SyntheticDetector`)."""
+
+    def __init__(self, address: str, options: OriginOptions) -> None:
+        super().__init__(options)
+        if address:
+            raise ConfigError(f"synthetic:{address}: the synthetic origin takes no address")
+        self.detector = SyntheticDetector(options.shape, options.dtype, options.seed)
+        self.shape, self.dtype = self.detector.shape, self.detector.dtype
+        self.count = options.frames
+
+    def metadata(self) -> dict[str, Any]:
+        return {"source": "synthetic:", "seed": self.options.seed,
+                "detector": {"description": "stream-node synthetic detector"}}
+
+    def ids(self) -> Iterator[int]:
+        return iter(range(self.first_id, self.first_id + (self.count or 0)))
+
+    def fill(self, frame_id: int, out: np.ndarray) -> None:
+        self.detector.frame(frame_id, out=out)

@@ -1,0 +1,256 @@
+"""The worker node: pulls frames from the source, processes them, pushes them to the collector.
+
+A worker keeps no state between frames, so any number of them share the load; it forwards the
+received message buffer itself (zero-copy), only the 96-byte header is rewritten to name it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from stream_node.kernels import compression
+from stream_node.links.base import FrameInput
+from stream_node.links.control import ControlLink, Liveness
+from stream_node.links.endpoints import open_input
+from stream_node.links.transport import HandshakeWatch, LinkLimits, connect, data_socket, send_frame
+from stream_node.model.contract import RunContract
+from stream_node.model.errors import ProtocolError, RunAborted, StreamNodeError
+from stream_node.model.frame import (
+    FLAG_FAILED,
+    Encoding,
+    FrameHeader,
+    MsgType,
+    failure_record,
+    frame_header,
+    payload_view,
+    reencoded,
+)
+from stream_node.ops.serve import serve_status
+from stream_node.stages.admission import admit
+from stream_node.stages.drops import WARN_LIMIT, DropLedger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerConfig:
+    control: str
+    inputs: Sequence[str]
+    output: str
+    name: str = "w0"
+    index: int = 0
+    ready_timeout_s: float = 30.0
+    liveness: Liveness = field(default_factory=Liveness)
+    limits: LinkLimits = field(default_factory=LinkLimits)
+    status: str | None = None  # endpoint to answer status requests on (stream-node status)
+    metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, ctx: zmq.Context | None = None) -> None:
+        self.cfg = config
+        self.ctx = ctx or zmq.Context.instance()
+        self.drops = DropLedger(f"worker {config.name}")
+        self.frames = 0
+        self.bytes = 0
+        self.failed = 0  # frames a kernel could not process (sent on as failure records)
+        self.compress = False
+        self.chain: Any = None
+        self.unpacked: np.ndarray | None = None  # decompressed frame, when frames come bslz4
+        self.stalls = 0
+        self._check_chunk: Callable[[Any], Any] | None = None  # see _setup_chunk_check
+        self.out_shape: tuple[int, ...] = ()  # the run's output geometry, from START
+        self.out_dtype = np.dtype(np.uint8)
+
+    def report(self) -> dict[str, Any]:
+        report = {"name": self.cfg.name, "frames": self.frames, "bytes": self.bytes,
+                  "stalls": self.stalls, "failed": self.failed, "dropped": self.drops.as_dict()}
+        if self.chain is not None:
+            report["kernels"] = self.chain.counters
+        return report
+
+    def status(self) -> dict[str, Any]:
+        """The worker's counters for `stream-node status`; called from the status thread, so
+        it only reads plain values (never the sockets)."""
+        link = getattr(self, "_link", None)
+        run_id = link.run_id if link is not None else 0
+        handled = self.frames + self.failed
+        state = "waiting" if not run_id or not handled else "running"
+        return {
+            "role": "worker", "name": self.cfg.name, "run_id": run_id, "state": state,
+            "frames": self.frames, "bytes": self.bytes, "frames_expected": None,
+            "counters": {"frames_in": handled + sum(self.drops.as_dict().values()),
+                         "frames_out": self.frames, "bytes_out": self.bytes,
+                         "stalls": self.stalls, "failed": self.failed},
+            "dropped": self.drops.as_dict(), "ring": None, "queue_depth": None,
+            "memory_bound_bytes": None,
+        }
+
+    def run(self) -> dict[str, Any]:
+        """Serve one run until the source says FINISH; returns this worker's counters."""
+        cfg = self.cfg
+        link = self._link = ControlLink(self.ctx, cfg.control, "worker", cfg.name, cfg.liveness)
+        push = data_socket(self.ctx, zmq.PUSH, cfg.limits)
+        status = serve_status(self.ctx, cfg.status, cfg.metrics_port, self.status)
+        watch_out = HandshakeWatch(push)
+        inp: FrameInput | None = None
+        try:
+            connect(push, cfg.output, "collector's input")
+            run = RunContract.from_wire(link.wait_start(cfg.ready_timeout_s))
+            self.out_shape, self.out_dtype = run.output.shape, run.output.dtype
+            # Opened after START: the source says how frames are dispatched.
+            credit = None
+            if run.dispatch.reliable:
+                identity = link.sock.getsockopt(zmq.ROUTING_ID)
+                credit = (identity, link.run_id, run.dispatch.credit)
+            inp = open_input(self.ctx, cfg.inputs, cfg.limits, credit)
+            self.compress = run.compression == "bslz4"
+            if self.compress:  # parallelism comes from the worker processes, not codec threads
+                compression.set_codec_threads(1)
+            self._setup_kernels(run)
+            self._setup_chunk_check(run)
+
+            def listen() -> None:  # an ABORT (e.g. the collector refused the run) ends the wait
+                if link.sock.poll(0) and self._command(link, link.recv_ready()):
+                    raise RunAborted("the run finished before this worker was ready")
+
+            inp.wait_ready(cfg.ready_timeout_s, listen)
+            watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}", listen)
+            link.send(MsgType.READY)
+            log.info("worker %s: run %#x ready; per link %s", cfg.name, link.run_id,
+                     cfg.limits.describe(max(run.largest_frame_bytes, 1)))
+            self._serve(link, inp, push)
+            return self.report()
+        finally:
+            status.close()
+            if inp is not None:
+                inp.close()
+            watch_out.close()
+            push.close()
+            link.close()
+
+    def _serve(self, link: ControlLink, inp: FrameInput, push: zmq.Socket) -> None:
+        while True:
+            if inp.exhausted:  # nothing more will come: only the control channel matters
+                link.sock.poll(100)
+            else:
+                try:
+                    for parts in inp.take(50):
+                        self._forward(link, parts, push, inp.copies)
+                finally:
+                    inp.release()
+            if link.sock.poll(0) and self._command(link, link.recv_ready()):
+                return
+            link.tick()
+
+    def _setup_chunk_check(self, run: RunContract) -> None:
+        """Compressed frames passed through as they came (a detector's chunks) get their block
+        structure walked here: the source checked only their header, so this work is spread
+        over the workers instead of holding up the one process that takes every frame."""
+        source = run.input
+        if self.chain is not None or source.encoding != Encoding.BSLZ4:
+            return  # a chain decompresses each frame, which checks it entirely
+        from stream_node.origins.chunks import check_bslz4
+
+        nbytes, itemsize = source.nbytes, source.dtype.itemsize
+        self._check_chunk = lambda payload: check_bslz4(payload, nbytes, itemsize)
+
+    def _setup_kernels(self, run: RunContract) -> None:
+        """Build the run's kernel chain before READY: every kernel compiled, every buffer
+        allocated, so the first frame costs what the others do."""
+        if not run.kernels:
+            return
+        from stream_node.kernels import build_chain
+
+        source = run.input
+        self.chain = build_chain(run.kernels, source.shape, source.dtype)
+        if source.encoding == Encoding.BSLZ4:  # frames arrive compressed: kernels need pixels
+            self.unpacked = np.empty(source.shape, source.dtype)
+        log.info("worker %s: kernels %s ready", self.cfg.name,
+                 [k["kernel"] for k in run.kernels])
+
+    def _command(self, link: ControlLink, msg: Any) -> bool:
+        """Act on a control message; True when the run is over for this worker."""
+        if msg is None:
+            return False
+        if msg.msg_type == MsgType.FINISH:
+            link.send(MsgType.DONE, self.report())
+            return True
+        if msg.msg_type == MsgType.ABORT:
+            raise RunAborted(f"source aborted the run: {msg.body.get('reason')}")
+        return False
+
+    def _forward(self, link: ControlLink, parts: list[Any], push: zmq.Socket, copy: bool) -> None:
+        header = admit(parts, link.run_id, self.drops)
+        if header is None:
+            return
+        payload = parts[1]
+        if header.flags & FLAG_FAILED:  # the origin or a worker upstream could not make it
+            header.sender = self.cfg.index
+            self._send(link, push, header.pack(), payload, copy)
+            return
+        if self._check_chunk is not None and header.encoding == Encoding.BSLZ4:
+            try:
+                self._check_chunk(payload)
+            except ProtocolError as exc:
+                self._failed(link, push, header, f"frame {header.frame_id} as it came: {exc}")
+                return
+        if self.chain is not None:
+            try:
+                if header.encoding == Encoding.BSLZ4 and self.unpacked is not None:
+                    # Into the buffer made at START; bitshuffle's codec runs without the GIL.
+                    pixels = compression.decompress(payload, self.unpacked.shape,
+                                                    self.unpacked.dtype, out=self.unpacked)
+                else:
+                    pixels = payload_view(header, payload)
+                out = self.chain.apply(pixels, frame_id=header.frame_id)
+            except StreamNodeError as exc:  # a kernel failed (or the frame is not raw)
+                self._failed(link, push, header, str(exc))  # names the kernel and the frame
+                return
+            header = frame_header(out, header.run_id, header.frame_id, header.timestamp_ns,
+                                  self.cfg.index, header.flags, header.parts)
+            payload, copy = out, True  # the chain reuses its output buffer for the next frame
+        if self.compress and header.encoding == Encoding.RAW:
+            # Compressed here, in parallel workers, so the collector only writes bytes; the
+            # chunk is a new buffer, so it goes zero-copy even from a ring slot.
+            payload = compression.compress(payload_view(header, payload))
+            header = reencoded(header, Encoding.BSLZ4, payload.nbytes, self.cfg.index)
+            copy = False
+        else:
+            header.sender = self.cfg.index
+        self._send(link, push, header.pack(), payload, copy)
+        self.frames += 1
+        self.bytes += header.payload_bytes
+
+    def _failed(self, link: ControlLink, push: zmq.Socket, header: FrameHeader,
+                reason: str) -> None:
+        """The frame cannot go on: a record saying why goes in its place (it is not lost)."""
+        self.failed += 1
+        if self.failed <= WARN_LIMIT:
+            log.warning("worker %s: %s", self.cfg.name, reason)
+        self._send(link, push, *failure_record(header, self.out_shape, self.out_dtype, reason,
+                                               self.cfg.index), False)
+
+    def _send(self, link: ControlLink, push: zmq.Socket, header: bytes, payload: Any,
+              copy: bool) -> None:
+        """Send, waiting for the collector's pipe while still hearing the source (backpressure).
+
+        The send itself never blocks: the pipe that poll() saw writable may vanish before it.
+        """
+        while True:
+            if push.poll(100, zmq.POLLOUT):
+                try:
+                    send_frame(push, header, payload, zmq.NOBLOCK, copy=copy)
+                    return
+                except zmq.Again:
+                    pass
+            self.stalls += 1
+            link.tick()
+            if link.sock.poll(0) and self._command(link, link.recv_ready()):
+                raise RunAborted("run finished while a frame waited for the collector")

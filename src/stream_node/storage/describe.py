@@ -1,0 +1,67 @@
+"""`stream-node inspect FILE`: what a run file holds, without reading its frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stream_node.model.errors import ConfigError
+from stream_node.storage.reader import _plain, open_run
+
+MAX_LISTED = 20
+
+
+def describe(path: str | Path) -> str:
+    """A human summary: frames, missing ids with reasons, compression, rates, metadata."""
+    try:
+        f = open_run(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot open {path}: {exc}") from None
+    with f:
+        if "entry/data/data" not in f:
+            raise ConfigError(f"{path} is not a stream-node run (no /entry/data/data)")
+        entry = f["entry"]
+        data = entry["data/data"]
+        lines = [f"{'file':<17}{path}"]
+        for key in ("run_id_hex", "software_version"):
+            if key in entry.attrs:
+                lines.append(f"{key:<17}{_plain(entry.attrs[key])}")
+        for key in ("start_time", "end_time"):
+            if key in entry:
+                lines.append(f"{key:<17}{_plain(entry[key][()]) or '(run not finished)'}")
+        raw = data.size * data.dtype.itemsize
+        lines.append(f"frames           {data.shape[0]} x {data.shape[1:]} {data.dtype}"
+                     + (" (virtual: rotated files)" if data.is_virtual else ""))
+        received = entry["frames/received"][()].astype(bool) if "frames" in entry else None
+        if received is not None:
+            lines.append(f"written          {int(received.sum())} of {len(received)}")
+            stamps = entry["frames/timestamp_ns"][()][received]
+            if len(stamps) > 1:
+                span = (int(stamps.max()) - int(stamps.min())) / 1e9
+                if span > 0:
+                    lines.append(f"rate             {(len(stamps) - 1) / span:.1f} frames/s, "
+                                 f"{(len(stamps) - 1) * raw / data.shape[0] / span / 1e9:.3f} "
+                                 "GB/s (from acquisition timestamps)")
+        if not data.is_virtual:
+            stored = data.id.get_storage_size()
+            if stored:
+                ratio = raw * (received.mean() if received is not None else 1) / stored
+                filters = ", ".join(str(k) for k in data._filters) or "none"
+                lines.append(f"compression      {ratio:.2f}x (filters: {filters}; "
+                             f"{stored / 2**20:.1f} MiB stored)")
+        if "missing/frame_id" in entry:
+            ids = entry["missing/frame_id"][()]
+            reasons = [_plain(r) for r in entry["missing/reason"][()]]
+            lines.append(f"missing          {len(ids)}")
+            for i, reason in list(zip(ids.tolist(), reasons, strict=True))[:MAX_LISTED]:
+                lines.append(f"  {i}: {reason}")
+            if len(ids) > MAX_LISTED:
+                lines.append(f"  ... and {len(ids) - MAX_LISTED} more")
+        if "stream_node/counters" in entry:
+            counters = entry["stream_node/counters"]
+            values = dict(zip((str(_plain(n)) for n in counters.attrs["names"]),
+                              np.asarray(counters[()]).tolist(), strict=True))
+            nonzero = {k: v for k, v in values.items() if v}
+            lines.append(f"counters         {nonzero}")
+    return "\n".join(lines)
