@@ -3,19 +3,30 @@
 The collector's whole job is to put frames that workers already prepared into one HDF5 file, so
 this bench asks how fast each way of doing that is, for the frames the pipeline carries: 1 MiB
 (512x1024) and 8 MiB (2048x2048) uint16 Poisson frames, ``SyntheticDetector(shape, "uint16",
-seed=0).frame(i)``, uncompressed and bitshuffle/LZ4 (HDF5 filter 32008). Three rows per
+seed=0).frame(i)``, uncompressed and bitshuffle/LZ4 (HDF5 filter 32008). Five rows per
 (frame, compression), run in ONE invocation so they share the machine's state:
 
 * ``stream-node RunWriter``: ``RunWriter(path, shape, uint16, expected_frames=N,
   compression=None | "bslz4", overwrite=True)``, then ``write(i, payload, timestamp_ns, worker)``
   per frame, ``finalize(N, {}, {}, {})`` and ``close()``. The payload is the frame array, or for
   bslz4 the chunk ``stream_node.kernels.compression.compress(frame)`` made (as a worker would).
+  RunWriter's default format bound, ``stream_node.storage.writer.LIBVER`` (``("v110", "v110")``:
+  files HDF5 1.10 to 2.0 can open), as the collector writes.
+* ``stream-node RunWriter (libver latest)``: the same with ``libver="latest"``, the unbounded
+  format RunWriter wrote before, so the table shows what the bound costs (the limit: 5 % of write
+  rate; the ratio and a verdict per (frame, compression) are printed below the table).
 * ``h5py write_direct_chunk``: ``dset.id.write_direct_chunk((i, 0, 0), payload)`` with the SAME
   payloads into a plain dataset made the way RunWriter makes its own (one frame per chunk,
-  resizable, fill value 0, ``**hdf5_filter()`` for bslz4, ``libver="latest"``) but without
+  resizable, fill value 0, ``**hdf5_filter()`` for bslz4, ``libver=LIBVER``) but without
   RunWriter's per-frame records, NeXus layout or SWMR: the floor any collector pays in h5py.
-* ``h5py dset[i] = frame``: what a user writes. For bslz4 the dataset carries the filter, so HDF5
-  compresses each frame inside the writing thread: the naive way to get a compressed file.
+* ``h5py write_direct_chunk (libver latest)``: the same with ``libver="latest"``, so a cost of
+  the bound can be told apart: HDF5's (this pair differs too) or RunWriter's (only its pair does).
+* ``h5py dset[i] = frame``: what a user writes, with ``libver=LIBVER``. For bslz4 the dataset
+  carries the filter, so HDF5 compresses each frame inside the writing thread: the naive way to
+  get a compressed file.
+
+Ratios in the table are against the ``write_direct_chunk`` row with the SAME bound (like against
+like), and against the bounded naive row.
 
 Pre-compressed payloads are made BEFORE any timing, so the two pre-compressed rows do NOT include
 compression: in stream-node the workers pay it, in parallel, before frames reach the collector.
@@ -43,7 +54,7 @@ only when every row ran and verified.
 
 Usage::
 
-    python bench/collector.py              # quick (default): 400 x 1 MiB, 80 x 8 MiB, ~25 s
+    python bench/collector.py              # quick (default): 400 x 1 MiB, 80 x 8 MiB, ~35 s
     python bench/collector.py --full       # 1000 x 1 MiB, 200 x 8 MiB
     python bench/collector.py --only 8     # only frame sizes whose label contains "8"
     python bench/collector.py --dir /data  # temporary files under /data instead
@@ -70,6 +81,7 @@ import numpy as np
 
 from stream_node.kernels.compression import compress, decompress, hdf5_filter, set_codec_threads
 from stream_node.origins.synthetic import SyntheticDetector
+from stream_node.storage.writer import LIBVER
 
 DTYPE = np.dtype(np.uint16)
 SIZES: tuple[tuple[str, tuple[int, int]], ...] = (
@@ -79,7 +91,7 @@ SIZES: tuple[tuple[str, tuple[int, int]], ...] = (
 # Frames per run: small enough (<= 1.6 GB, deleted after each run) that the page cache takes the
 # whole file without writeback (10% of RAM starts it), big enough that the fastest row's run is
 # not a few ms: at 200 x 1 MiB a pre-compressed run took ~12 ms and one preemption on the shared
-# 2-core host moved it by 3x; 400 / 80 frames keep quick mode around 25 s.
+# 2-core host moved it by 3x; 400 / 80 frames keep quick mode around 35 s (10 rows a size).
 QUICK_FRAMES = {"1 MiB": 400, "8 MiB": 80}
 FULL_FRAMES = {"1 MiB": 1000, "8 MiB": 200}
 REPEAT = 3
@@ -91,6 +103,9 @@ BSLZ4_FILTER = 32008
 STREAM_NODE = "stream-node RunWriter"
 DIRECT = "h5py write_direct_chunk"
 NAIVE = "h5py dset[i] = frame"
+LATEST = "latest"  # the unbounded format: only in the rows that show what LIBVER costs
+LATEST_SUFFIX = " (libver latest)"
+BOUND_LIMIT = 0.95  # the issue's limit: the bound may cost at most 5 % of RunWriter's write rate
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,6 +152,7 @@ def make_payloads(label: str, shape: tuple[int, int], n: int) -> Payloads:
 
 # --------------------------------------------------------------------------------------------
 # the three writers: each returns (seconds of the timed span, seconds of its write loop alone)
+# `libver` is the file's format bound: LIBVER, or LATEST in the rows that show what it costs
 # --------------------------------------------------------------------------------------------
 
 
@@ -144,18 +160,25 @@ class NotAvailable(Exception):
     """The stream-node API this row needs does not exist (yet): a gap, not a wrong result."""
 
 
-def write_stream_node(path: Path, p: Payloads, compressed: bool) -> tuple[float, float]:
+def write_stream_node(path: Path, p: Payloads, compressed: bool,
+                      libver: str | tuple[str, str]) -> tuple[float, float]:
     """RunWriter as the collector drives it; construction (file and layout) is not timed."""
     from stream_node.storage.writer import RunWriter  # imported here: being edited as this runs
 
     payloads = p.chunks if compressed else p.frames
     try:
         writer = RunWriter(path, p.shape, DTYPE, expected_frames=p.n,
-                           compression="bslz4" if compressed else None, overwrite=True)
+                           compression="bslz4" if compressed else None, overwrite=True,
+                           libver=libver)
     except TypeError as exc:
-        if "compression" in str(exc):
-            raise NotAvailable("not available yet: RunWriter has no compression= keyword") from None
+        for keyword in ("compression", "libver"):
+            if keyword in str(exc):
+                raise NotAvailable(
+                    f"not available yet: RunWriter has no {keyword}= keyword") from None
         raise
+    if writer.libver != libver:  # the row's name says which format; the file must be that one
+        writer.close()
+        raise AssertionError(f"RunWriter wrote libver {writer.libver!r}, asked for {libver!r}")
     try:
         write = writer.write
         start = time.perf_counter()
@@ -169,9 +192,10 @@ def write_stream_node(path: Path, p: Payloads, compressed: bool) -> tuple[float,
         writer.close()  # idempotent: only does something when a write raised
 
 
-def _plain_file(path: Path, p: Payloads, compressed: bool) -> tuple[h5py.File, h5py.Dataset]:
+def _plain_file(path: Path, p: Payloads, compressed: bool,
+                libver: str | tuple[str, str]) -> tuple[h5py.File, h5py.Dataset]:
     """A file whose frames dataset is built like RunWriter's, so only the write path differs."""
-    f = h5py.File(path, "w", libver="latest")
+    f = h5py.File(path, "w", libver=libver)
     try:
         dset = f.create_dataset(
             "data", shape=(p.n, *p.shape), maxshape=(None, *p.shape), chunks=(1, *p.shape),
@@ -182,10 +206,11 @@ def _plain_file(path: Path, p: Payloads, compressed: bool) -> tuple[h5py.File, h
     return f, dset
 
 
-def write_direct(path: Path, p: Payloads, compressed: bool) -> tuple[float, float]:
+def write_direct(path: Path, p: Payloads, compressed: bool,
+                 libver: str | tuple[str, str]) -> tuple[float, float]:
     """The same payloads as stream-node, one write_direct_chunk each: the h5py floor."""
     payloads = p.chunks if compressed else p.frames
-    f, dset = _plain_file(path, p, compressed)
+    f, dset = _plain_file(path, p, compressed, libver)
     try:
         write = dset.id.write_direct_chunk
         start = time.perf_counter()
@@ -198,9 +223,10 @@ def write_direct(path: Path, p: Payloads, compressed: bool) -> tuple[float, floa
         f.close()
 
 
-def write_naive(path: Path, p: Payloads, compressed: bool) -> tuple[float, float]:
+def write_naive(path: Path, p: Payloads, compressed: bool,
+                libver: str | tuple[str, str]) -> tuple[float, float]:
     """``dset[i] = frame``: HDF5 selects, copies and (with the filter) compresses each frame."""
-    f, dset = _plain_file(path, p, compressed)
+    f, dset = _plain_file(path, p, compressed, libver)
     try:
         start = time.perf_counter()
         for i, frame in enumerate(p.frames):
@@ -214,27 +240,39 @@ def write_naive(path: Path, p: Payloads, compressed: bool) -> tuple[float, float
 
 @dataclass(frozen=True)
 class Case:
-    """One row of the table: a writer, and whether the stored frames are bslz4 chunks."""
+    """One row of the table: a writer, whether the stored frames are bslz4 chunks, and the
+    file's format bound (LIBVER, as the collector writes, or LATEST to show what LIBVER costs)."""
 
-    name: str
+    writer: str  # STREAM_NODE, DIRECT or NAIVE: what the row does, whatever its bound
     compressed: bool
-    write: Callable[[Path, Payloads, bool], tuple[float, float]]
+    write: Callable[[Path, Payloads, bool, str | tuple[str, str]], tuple[float, float]]
     dataset: str  # where the frames are in the file, for the read-back
+    libver: str | tuple[str, str] = LIBVER
+
+    @property
+    def name(self) -> str:
+        return self.writer + (LATEST_SUFFIX if self.libver == LATEST else "")
 
     @property
     def compression(self) -> str:
         if not self.compressed:
             return "none"
-        return "bslz4, in the HDF5 filter" if self.name == NAIVE else "bslz4, pre-compressed"
+        return "bslz4, in the HDF5 filter" if self.writer == NAIVE else "bslz4, pre-compressed"
 
 
-CASES: tuple[Case, ...] = (
-    Case(STREAM_NODE, False, write_stream_node, "entry/data/data"),
-    Case(DIRECT, False, write_direct, "data"),
-    Case(NAIVE, False, write_naive, "data"),
-    Case(STREAM_NODE, True, write_stream_node, "entry/data/data"),
-    Case(DIRECT, True, write_direct, "data"),
-    Case(NAIVE, True, write_naive, "data"),
+# Bounded and latest rows of one writer side by side, in the same interleaved rounds: the ratio
+# between them is the bound's cost, and a drift of the host hits both alike. The naive row has no
+# latest twin: it measures the filter in the writing thread, not the file format.
+CASES: tuple[Case, ...] = tuple(
+    case
+    for compressed in (False, True)
+    for case in (
+        Case(STREAM_NODE, compressed, write_stream_node, "entry/data/data"),
+        Case(STREAM_NODE, compressed, write_stream_node, "entry/data/data", LATEST),
+        Case(DIRECT, compressed, write_direct, "data"),
+        Case(DIRECT, compressed, write_direct, "data", LATEST),
+        Case(NAIVE, compressed, write_naive, "data"),
+    )
 )
 
 
@@ -272,7 +310,7 @@ def verify(path: Path, case: Case, p: Payloads) -> int:
         chunks, stored = _stored_bytes(dset)
         if chunks != n:
             raise AssertionError(f"{chunks} chunks in the file, expected {n}")
-        if not (case.compressed and case.name == NAIVE):  # else HDF5 decides what it stores
+        if not (case.compressed and case.writer == NAIVE):  # else HDF5 decides what it stores
             given = p.compressed_bytes if case.compressed else p.raw_bytes
             if stored != given:
                 raise AssertionError(f"{stored} bytes of chunks stored, {given} given")
@@ -280,7 +318,7 @@ def verify(path: Path, case: Case, p: Payloads) -> int:
             got = dset[i]
             if got.tobytes() != p.frames[i].tobytes():
                 raise AssertionError(f"frame {i} read back differs from the original")
-            if case.compressed and case.name != NAIVE:
+            if case.compressed and case.writer != NAIVE:
                 mask, raw = dset.id.read_direct_chunk((i, 0, 0))
                 if mask != 0 or raw != p.chunks[i].tobytes():
                     raise AssertionError(f"chunk {i} is not stored as the payload it was given")
@@ -355,7 +393,7 @@ def run_once(row: Row, p: Payloads, tmp: Path, tag: str) -> None:
     path = tmp / f"{tag}.h5"
     try:
         recycle_page_cache(tmp, p.raw_bytes)
-        seconds, loop = row.case.write(path, p, row.case.compressed)
+        seconds, loop = row.case.write(path, p, row.case.compressed, row.case.libver)
         stored = verify(path, row.case, p)
         if p is row.p:  # not a warm-up run
             row.seconds.append(seconds)
@@ -449,21 +487,74 @@ def spread(row: Row) -> str:
 
 
 def writers_table(rows: Sequence[Row]) -> str:
-    """Markdown; ratios are against the write_direct_chunk / naive row of the same frame size
-    and compression (for bslz4 that means the pre-compressed direct row, and the in-filter naive
-    row: the two ways h5py offers)."""
+    """Markdown; ratios are against the write_direct_chunk row of the same frame size,
+    compression AND format bound (so a latest row is held to the latest floor, not flattered or
+    penalised by the bound), and against the (bounded) naive row (for bslz4 that means the
+    pre-compressed direct row, and the in-filter naive row: the two ways h5py offers)."""
     out = ["| case | frame | compression | frames | MB/s | stored MB/s "
-           "| ratio vs raw write_direct_chunk | ratio vs naive |",
+           "| ratio vs raw write_direct_chunk (same libver) | ratio vs naive |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        peers = {x.case.name: x for x in rows
+        peers = {(x.case.writer, x.case.libver): x for x in rows
                  if x.p.label == r.p.label and x.case.compressed == r.case.compressed and x.ok}
-        direct, naive = peers.get(DIRECT), peers.get(NAIVE)
+        direct, naive = peers.get((DIRECT, r.case.libver)), peers.get((NAIVE, LIBVER))
         vs_direct = fmt(r.rate / direct.rate, ".2f") + "x" if direct and r.ok else "—"
         vs_naive = fmt(r.rate / naive.rate, ".2f") + "x" if naive and r.ok else "—"
         out.append(f"| {r.case.name} | {r.p.label} | {r.case.compression} | {r.p.n} "
                    f"| {spread(r)} | {fmt(r.stored_rate)} | {vs_direct} | {vs_naive} |")
     return "\n".join(out)
+
+
+def bound_ratio(bounded: Row, latest: Row) -> tuple[float, float, float]:
+    """(median, lowest, highest) of bounded/latest write rate: medians' ratio, and the range of
+    the per-round ratios. Both rows run once in every round (in a shuffled order), so a round's
+    pair saw nearly the same host: its ratio is less noisy than either row's spread."""
+    if not (bounded.ok and latest.ok):
+        return math.nan, math.nan, math.nan
+    per_round = [lt / bd for bd, lt in zip(bounded.seconds, latest.seconds, strict=True)]
+    return latest.median_s / bounded.median_s, min(per_round), max(per_round)
+
+
+def bound_lines(rows: Sequence[Row]) -> list[str]:
+    """Per (frame, compression): what the LIBVER bound costs RunWriter, with a verdict against
+    the issue's 5 % limit, and the same ratio for raw write_direct_chunk beside it: if that pair
+    shows the same cost, HDF5's bounded format is what costs; if only RunWriter's does, it is
+    something RunWriter does more of (SWMR, records, layout) in the older format.
+
+    With HDF5 2.0.0, uncompressed frames give byte-identical files under both bounds (RunWriter's
+    with its clocks frozen, and the plain dataset's): the format differs only where the filter
+    pipeline is written. So the "none" lines compare the same work with itself, and how far they
+    stray from 1.000 is the noise of this run, the yardstick for the bslz4 lines."""
+    lines = []
+    for label in dict.fromkeys(r.p.label for r in rows):
+        for compressed in (False, True):
+            by = {(r.case.writer, r.case.libver): r for r in rows
+                  if r.p.label == label and r.case.compressed == compressed}
+            sn, sn_latest = by.get((STREAM_NODE, LIBVER)), by.get((STREAM_NODE, LATEST))
+            if sn is None or sn_latest is None:
+                continue
+            what = f"{label}, {'bslz4' if compressed else 'none'}"
+            ratio, low, high = bound_ratio(sn, sn_latest)
+            if not math.isfinite(ratio):
+                lines.append(f"- {what}: RunWriter bounded/latest — (a row did not run)")
+                continue
+            if ratio >= BOUND_LIMIT:
+                verdict = "within the 5 % limit"
+            elif high >= BOUND_LIMIT:
+                verdict = "OVER the 5 % limit by the median, though not in every round"
+            else:
+                verdict = "OVER the 5 % limit in every round"
+            if high - low > 1 - BOUND_LIMIT:  # the rounds disagree by more than the limit
+                verdict += " (rounds spread wider than the limit: confirm with --repeat 5)"
+            direct = ""
+            d, d_latest = by.get((DIRECT, LIBVER)), by.get((DIRECT, LATEST))
+            if d is not None and d_latest is not None:
+                dr, dlow, dhigh = bound_ratio(d, d_latest)
+                direct = (f"; raw write_direct_chunk {fmt(dr, '.3f')} "
+                          f"({fmt(dlow, '.3f')}-{fmt(dhigh, '.3f')})")
+            lines.append(f"- {what}: RunWriter bounded/latest {fmt(ratio, '.3f')} "
+                         f"(rounds {fmt(low, '.3f')}-{fmt(high, '.3f')}): {verdict}{direct}")
+    return lines
 
 
 def codec_table(rows: Sequence[CodecRow]) -> str:
@@ -610,6 +701,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines += [line for c in codec_rows if (line := one_thread_line(writer_rows, c))]
     if lines:
         print("\n".join(lines))
+    print()
+    print(f"Format bound: rows without a suffix write libver={LIBVER} (stream_node.storage.writer."
+          'LIBVER, what the collector writes); "(libver latest)" rows the unbounded format. '
+          "Ratio = bounded/latest write rate (medians; per-round range in brackets), limit "
+          f"{BOUND_LIMIT:.2f}:")
+    print("\n".join(bound_lines(writer_rows)))
     for r in writer_rows:
         if r.error is not None:
             print(f"- {r.case.name}, {r.p.label}, {r.case.compression}: {r.error}")

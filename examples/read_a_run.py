@@ -14,10 +14,11 @@ def main() -> None:
     path = sys.argv[1] if len(sys.argv) > 1 else "example-run.h5"
     summary = stream_node.run_local_pipeline(path, frames=200, shape=(256, 512), overwrite=True)
     print(summary.text())
-    run = stream_node.read_run(path)
-    print(f"{run.frames.shape} frames, missing {run.missing or 'none'}")
-    print(f"mean photons per pixel in frame 10: {run.frames[10].mean():.3f}")
-    print(f"run id {run.metadata['run_id_hex']}, counters {run.counters['frames_written']} written")
+    with stream_node.read_run(path) as run:  # lazy: each frame is read when sliced
+        print(f"{run.frames.shape} frames, missing {run.missing or 'none'}")
+        print(f"mean photons per pixel in frame 10: {run.frames[10].mean():.3f}")
+        print(f"run id {run.metadata['run_id_hex']}, "
+              f"counters {run.counters['frames_written']} written")
 
 
 if __name__ == "__main__":

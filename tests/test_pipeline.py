@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import finish, wait_run_started
-from stream_node import ExitCode, SyntheticDetector, read_run, run_local_pipeline
+from stream_node import ExitCode, SyntheticDetector, load_run, read_run, run_local_pipeline
 
 SHAPE = "128x256"
 
@@ -76,7 +76,7 @@ def test_demo_pipeline_in_process_api(tmp_path):
     assert (summary.frames_sent, summary.frames_written, summary.missing) == (200, 200, 0)
     assert summary.exit_code == ExitCode.OK
     assert_ledger(read_run(path), 200)
-    assert read_run(path, frames=slice(10, 20)).frames.shape == (10, 128, 256)
+    assert load_run(path, frames=slice(10, 20)).frames.shape == (10, 128, 256)
 
 
 @pytest.mark.timeout(120)

@@ -59,7 +59,7 @@ def test_bslz4_series_is_stored_byte_identical_with_nxmx_metadata(node, endpoint
         assert det["x_pixel_size"].attrs["units"] == "m"
         assert det["beam_center_x"][()] == 31.5
         assert det["count_time"].attrs["units"] == "s"
-        assert det["incident_wavelength"][()] == 1.0
+        assert f["entry/instrument/beam/incident_wavelength"][()] == 1.0  # NXmx: NXbeam
         assert det["sensor_material"][()] == b"Si"
         assert det["sensor_thickness"][()] == 0.00045
         assert det["description"][()] == b"Dectris EIGER2 Si 500K"

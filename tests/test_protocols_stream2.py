@@ -49,7 +49,7 @@ def test_bslz4_images_are_stored_byte_identical_with_nxmx_metadata(node, ipc, tm
         det = f["entry/instrument/detector"]
         assert det["distance"][()] == 0.125 and det["distance"].attrs["units"] == "m"
         assert det["x_pixel_size"][()] == 7.5e-05
-        assert det["incident_wavelength"].attrs["units"] == "angstrom"
+        assert f["entry/instrument/beam/incident_wavelength"].attrs["units"] == "angstrom"
         assert det["threshold_energy"][()] == 6199.2
         assert det["serial_number"][()] == b"E-32-0123"
         arrays = dectris_arrays(SHAPE)

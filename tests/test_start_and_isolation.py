@@ -53,7 +53,10 @@ def test_two_topologies_side_by_side_never_mix_frames(node, ipc, tmp_path):
     cross_a = (*ca["worker"], "--input", cb["source"][4])  # also pulls from run b's fan-out
     cross_b = (*cb["worker"], "--input", ca["source"][4])
     procs = [node(*ca["collector"]), node(*cb["collector"]), node(*cross_a), node(*cross_b)]
-    sources = [node(*ca["source"]), node(*cb["source"])]
+    # Paced, so that neither run is over before the other run's worker has connected to its
+    # fan-out: a worker whose input endpoint is gone waits for it until its ready timeout
+    # (both runs then time out: correct, but not what this test is about).
+    sources = [node(*ca["source"], "--rate", "40"), node(*cb["source"], "--rate", "40")]
     for source in sources:
         code, _, err = finish(source, timeout=90)
         assert code in (ExitCode.OK, ExitCode.FRAMES_MISSING), err

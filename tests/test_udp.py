@@ -287,7 +287,7 @@ def test_bad_endpoints_are_configuration_errors():
         UdpReceiver(cfg, ring, 1)
 
 
-def start_udp_roles(node, tmp_path, origin: str):
+def start_udp_roles(node, tmp_path, origin: str, extra_source=()):
     """Collector, two workers on the ring, and a source receiving `origin`, as a user starts
     them; returns when the source says every peer is ready (its ports are bound by then)."""
     control, fanin = f"ipc://{tmp_path}/control", f"ipc://{tmp_path}/fanin"
@@ -298,7 +298,7 @@ def start_udp_roles(node, tmp_path, origin: str):
     workers = [node("worker", "--control", control, "--input", ring, "--output", fanin,
                     "--name", f"w{i}", "--index", str(i), *timing) for i in range(2)]
     source = node("source", "--control", control, "--data", ring, "--workers", "2",
-                  "--from", origin, *timing)
+                  "--from", origin, *timing, *extra_source)
     wait_run_started(source)
     return source, collector, workers
 

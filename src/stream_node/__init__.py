@@ -2,9 +2,9 @@
 
 >>> import stream_node
 >>> summary = stream_node.run_local_pipeline("demo.h5", frames=100)     # doctest: +SKIP
->>> run = stream_node.read_run("demo.h5")                               # doctest: +SKIP
->>> run.frames.shape, run.missing                                       # doctest: +SKIP
-((100, 512, 1024), {})
+>>> run = stream_node.read_run("demo.h5")  # lazy: frames read when sliced # doctest: +SKIP
+>>> run.frames.shape, run.missing, run.frames[7].max()                  # doctest: +SKIP
+((100, 512, 1024), {}, 21)
 
 The names below load on first use (PEP 562): `import stream_node` costs nothing, and importing
 `stream_node.kernels` or the reader starts neither ZeroMQ nor the collector.
@@ -52,6 +52,7 @@ _EXPORTS = {
     "frame_header": "model.frame",
     "payload_view": "model.frame",
     "query_status": "ops.status_client",
+    "load_run": "storage.reader",
     "read_run": "storage.reader",
     "run_local_pipeline": "deploy.demo",
     "stamped_id": "origins.synthetic",
@@ -91,6 +92,7 @@ __all__ = [
     "WorkerConfig",
     "__version__",
     "frame_header",
+    "load_run",
     "payload_view",
     "query_status",
     "read_run",
@@ -126,7 +128,7 @@ if TYPE_CHECKING:
     from stream_node.stages.collector import Collector, CollectorConfig
     from stream_node.stages.source import RunSummary, Source, SourceConfig
     from stream_node.stages.worker import Worker, WorkerConfig
-    from stream_node.storage.reader import Run, read_run
+    from stream_node.storage.reader import Run, load_run, read_run
 
 
 def __getattr__(name: str) -> Any:

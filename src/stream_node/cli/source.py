@@ -32,6 +32,10 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                           "--data ring://NAME; options in stream_node.origins.udp), "
                           "dectris+tcp://, "
                           "dectris2+tcp://, karabo+tcp:// (detector streams)")
+    src.add_argument("--geometry", default=None, metavar="FILE",
+                     help="beam, detector and goniometer geometry (TOML or JSON, see "
+                          "examples/geometry/) for the file's NXmx groups; its values win over "
+                          "a detector header's")
     src.add_argument("--recorded-rate", action="store_true",
                      help="with --from file://: send at the pace the frames were taken")
     src.add_argument("--origin-timeout", type=positive(float), default=10.0, metavar="S",
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         ring_slots=args.ring_slots, ready_timeout_s=args.ready_timeout,
         compression=args.compress, origin=args.origin, recorded_rate=args.recorded_rate,
         origin_timeout_s=args.origin_timeout,
-        kernels=args.kernels, reliable=args.reliable, credit=args.credit, window=args.window,
+        kernels=args.kernels, geometry=args.geometry, reliable=args.reliable,
+        credit=args.credit, window=args.window,
         collector_restart_s=args.collector_restart or 0.0,
         **node_settings(args)))
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from stream_node.model.errors import ProtocolError
+from stream_node.model.errors import ConfigError, ProtocolError
 from stream_node.model.frame import Encoding, FrameHeader, dtype_code
+from stream_node.model.instrument import Instrument
 
 
 def frame_nbytes(shape: Sequence[int], dtype: np.dtype | str | type) -> int:
@@ -95,6 +96,7 @@ class RunContract:
     dispatch: Dispatch = field(default_factory=Dispatch)
     per_frame_columns: tuple[str, ...] = ()
     detector: Mapping[str, Any] | None = None
+    instrument: Instrument | None = None  # the geometry, for the file's NXmx groups
     rate: float = 0.0
     workers: int = 0
     software_version: str = ""
@@ -139,6 +141,8 @@ class RunContract:
         }
         if self.detector is not None:
             body["detector"] = dict(self.detector)
+        if self.instrument is not None:
+            body["instrument"] = self.instrument.to_wire()
         return body
 
     @classmethod
@@ -149,6 +153,12 @@ class RunContract:
         inp = FrameGeometry.from_wire(body["input"], "input") if "input" in body else output
         dispatch = _typed(body, "dispatch", dict, {})
         frames = _typed(body, "frames", int, -1)
+        instrument = _typed(body, "instrument", dict, None)
+        try:
+            geometry = None if instrument is None else Instrument.from_wire(
+                instrument, "START: instrument")
+        except ConfigError as exc:
+            raise ProtocolError(str(exc)) from None
         contract = cls(
             output=output, input=inp, frames=None if frames < 0 else frames,
             first_frame_id=_typed(body, "first_frame_id", int, 0),
@@ -157,7 +167,7 @@ class RunContract:
             dispatch=Dispatch(_typed(dispatch, "dispatch.mode", str, "push"),
                               _typed(dispatch, "dispatch.credit", int, 4)),
             per_frame_columns=_typed(body, "per_frame_columns", _names, ()),
-            detector=_typed(body, "detector", dict, None),
+            detector=_typed(body, "detector", dict, None), instrument=geometry,
             rate=_typed(body, "rate", float, 0.0), workers=_typed(body, "workers", int, 0),
             software_version=_typed(body, "software_version", str, ""),
             origin={k: v for k, v in body.items() if k not in _CONTRACT_KEYS})
@@ -171,7 +181,8 @@ class RunContract:
 
 _CONTRACT_KEYS = frozenset({
     "shape", "dtype", "input", "kernels", "frames", "first_frame_id", "per_frame_columns",
-    "rate", "workers", "software_version", "dispatch", "compression", "detector"})
+    "rate", "workers", "software_version", "dispatch", "compression", "detector",
+    "instrument"})
 
 
 def _field(body: Mapping[str, Any], key: str, where: str) -> Any:

@@ -26,6 +26,7 @@ import numpy as np
 from stream_node.links.base import FrameOutput
 from stream_node.model.contract import frame_nbytes
 from stream_node.model.frame import Encoding, frame_header
+from stream_node.model.instrument import Instrument
 
 
 @dataclass
@@ -100,6 +101,11 @@ class Origin(ABC):
     def metadata(self) -> dict[str, Any]:
         """What START says about where the frames come from; "detector" goes to the NXmx
         detector group of the file."""
+
+    def instrument(self) -> Instrument | None:
+        """The geometry the detector's own stream says (a DECTRIS header does); None when
+        it says none: a geometry file given to the source supplies it."""
+        return None
 
     def prepare(self, out: FrameOutput, run_id: int) -> None:  # noqa: B027  (most need nothing)
         """Called once the output exists and before the source says it is ready: an origin

@@ -35,8 +35,9 @@ import numpy as np
 import zmq
 
 from stream_node.links.base import FrameOutput
-from stream_node.model.errors import ProtocolError
+from stream_node.model.errors import ConfigError, ProtocolError
 from stream_node.model.frame import Encoding
+from stream_node.model.instrument import Instrument
 from stream_node.origins.base import OriginOptions, RunControl
 from stream_node.origins.chunks import lz4_block, packed_array
 from stream_node.origins.received import (
@@ -80,7 +81,21 @@ NXMX_FIELDS: tuple[tuple[str, str | None, str | None, str | None], ...] = (
     ("virtual_pixel_correction_applied", None, "virtual_pixel_correction_applied",
      "virtual_pixel_interpolation_enabled"),
     ("firmware_version", None, "software_version", None),
+    ("bit_depth_readout", None, "bit_depth_readout", "bit_depth_readout"),
+    ("detector_readout_time", "s", "detector_readout_time", "detector_readout_time"),
 )
+# The sample axes a header names with a start and increment per image, and their NeXus vectors.
+# Only omega has a direction every MX goniometer shares; a header's phi, chi or kappa need the
+# goniometer's own vectors, which a geometry file gives (their values stay in the header copy).
+SAMPLE_AXES = {"omega": (-1.0, 0.0, 0.0)}
+# NXdetector field -> Instrument value, for what `nxmx_fields` found in a header.
+INSTRUMENT_OF_FIELD = {
+    "description": "description", "serial_number": "serial_number", "distance": "distance",
+    "count_time": "count_time", "frame_time": "frame_time",
+    "sensor_material": "sensor_material", "sensor_thickness": "sensor_thickness",
+    "incident_wavelength": "wavelength", "saturation_value": "saturation_value",
+    "bit_depth_readout": "bit_depth_readout", "detector_readout_time": "detector_readout_time",
+}
 
 
 def nxmx_table(version: int) -> dict[str, tuple[str, str | None]]:
@@ -103,6 +118,50 @@ def nxmx_fields(config: dict[str, Any], table: dict[str, tuple[str, str | None]]
             continue
         fields[name] = {"value": value, "units": units} if units else value
     return fields
+
+
+def header_instrument(fields: dict[str, Any],
+                      axes: dict[str, tuple[float, float]]) -> Instrument | None:
+    """The geometry a DECTRIS header gives: its NXdetector fields (`nxmx_fields`, either
+    protocol) and the (start, increment) of each sample axis it names. A value the header
+    sends in a form the model refuses is left out (the header copy keeps it), not guessed."""
+    def value(name: str) -> Any:
+        item = fields.get(name)
+        return item.get("value") if isinstance(item, dict) else item
+
+    known: dict[str, Any] = {}
+    for name, attr in INSTRUMENT_OF_FIELD.items():
+        if value(name) is not None:
+            known[attr] = value(name)
+    for attr, (x, y) in (("beam_center", ("beam_center_x", "beam_center_y")),
+                         ("pixel_size", ("x_pixel_size", "y_pixel_size"))):
+        if value(x) is not None and value(y) is not None:
+            known[attr] = [value(x), value(y)]
+    goniometer = [{"name": name, "vector": SAMPLE_AXES[name], "start": start,
+                   "increment": increment} for name, (start, increment) in axes.items()
+                  if name in SAMPLE_AXES]
+    if goniometer:
+        known["goniometer"] = goniometer
+    instrument = Instrument()
+    for key, item in known.items():
+        try:
+            instrument = instrument.merged(Instrument.from_wire({key: item}, "header"))
+        except ConfigError:
+            continue
+    energy = value("incident_energy")
+    if isinstance(energy, (int, float)) and energy > 0:
+        instrument = instrument.with_energy(float(energy))
+    return None if instrument == Instrument() else instrument
+
+
+def header_axes(config: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """SIMPLON v1: `omega_start`, `omega_increment`, ... -> {"omega": (start, increment)}."""
+    axes = {}
+    for name in SAMPLE_AXES:
+        start, step = config.get(f"{name}_start"), config.get(f"{name}_increment")
+        if isinstance(start, (int, float)) and isinstance(step, (int, float)):
+            axes[name] = (float(start), float(step))
+    return axes
 
 
 def htype(part: Any) -> tuple[str, dict]:
@@ -241,6 +300,9 @@ class DectrisOrigin(ReceivedOrigin):
             raise ProtocolFault("invalid", f"{IMAGE_D} of the first image: {exc}") from None
         self.first_geometry = ((y, x), dtype, kind)
         return True
+
+    def instrument(self) -> Instrument | None:
+        return header_instrument(nxmx_fields(self.config, NXMX), header_axes(self.config))
 
     def metadata(self) -> dict[str, Any]:
         detector = nxmx_fields(self.config, NXMX)

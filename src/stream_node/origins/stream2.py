@@ -31,9 +31,10 @@ from numba import njit
 from stream_node.links.base import FrameOutput
 from stream_node.model.errors import ProtocolError
 from stream_node.model.frame import Encoding
+from stream_node.model.instrument import Instrument
 from stream_node.origins.base import OriginOptions, RunControl
 from stream_node.origins.chunks import lz4_hdf5, packed_array
-from stream_node.origins.dectris import nxmx_fields, nxmx_table
+from stream_node.origins.dectris import header_instrument, nxmx_fields, nxmx_table
 from stream_node.origins.received import (
     ProtocolFault,
     ReceivedOrigin,
@@ -305,6 +306,20 @@ class Stream2Origin(ReceivedOrigin):
             raise ProtocolFault("invalid", f"image {image_id}: channel {self.channel!r} is not a "
                                 "multi-dimensional array (tag 40)", image_id)
         return array
+
+    def instrument(self) -> Instrument | None:
+        body = self.body
+        fields = nxmx_fields(body, NXMX2)
+        translation = body.get("detector_translation")
+        if isinstance(translation, (list, tuple)) and len(translation) == 3:
+            fields["distance"] = translation[2]
+        axes = {}
+        for name, axis in (body.get("goniometer") or {}).items():
+            if hasattr(axis, "get"):
+                start, step = axis.get("start"), axis.get("increment")
+                if isinstance(start, (int, float)) and isinstance(step, (int, float)):
+                    axes[str(name)] = (float(start), float(step))
+        return header_instrument(fields, axes)
 
     def metadata(self) -> dict[str, Any]:
         body = self.body

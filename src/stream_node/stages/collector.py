@@ -158,7 +158,8 @@ class Collector:
         self.writer = RunWriter(self.cfg.path, run.output.shape, run.output.dtype,
                                 max(self._expected, 0), self._first, metadata,
                                 self.cfg.overwrite, run.compression, self.cfg.frames_per_file,
-                                run.detector, run.per_frame_columns, self.cfg.resume)
+                                run.detector, run.per_frame_columns, self.cfg.resume,
+                                run.instrument)
 
     def _collect(self, link: ControlLink, pull: zmq.Socket) -> None:
         poller = zmq.Poller()

@@ -26,6 +26,7 @@ from stream_node.links.transport import LinkLimits
 from stream_node.model.contract import Dispatch, FrameGeometry, RunContract
 from stream_node.model.errors import ConfigError, ExitCode, PeerTimeout, RunAborted, StreamNodeError
 from stream_node.model.frame import Encoding, MsgType
+from stream_node.model.instrument import Instrument
 from stream_node.ops.serve import serve_status
 from stream_node.origins import open_origin
 from stream_node.origins.base import Emitted, OriginOptions, Stall
@@ -48,6 +49,7 @@ class SourceConfig:
     compression: str | None = None  # "bslz4": workers compress, the collector writes bytes
     origin: str = "synthetic:"  # file://PATH replays a run; see stream_node.origins.base
     kernels: list[dict] | None = None  # the workers' chain, e.g. [{"kernel": "photonise", ...}]
+    geometry: str | None = None  # a geometry file (model.instrument); wins over the header's
     recorded_rate: bool = False  # file:// only: send at the pace the frames were taken
     origin_timeout_s: float = 10.0  # a detector silent this long mid-run has ended the run
     reliable: bool = False  # credit-based dispatch: a lost worker's frames are sent again
@@ -124,6 +126,8 @@ class Source:
         # the user gave one; else a random one, so two runs never take each other's frames.
         self.run_id = next(i for i in (config.run_id, self.origin.series_id,
                                        secrets.randbits(63) | 1) if i)
+        self.geometry = None if config.geometry is None else Instrument.from_file(
+            config.geometry)
         self.emitted = Emitted()
         self.stalls = 0
         self._hub: ControlHub | None = None
@@ -164,8 +168,17 @@ class Source:
             kernels=tuple(c.kernels or ()),
             compression="bslz4" if passthrough else (c.compression or "none"),
             dispatch=Dispatch("credit", c.credit) if c.reliable else Dispatch(),
-            per_frame_columns=tuple(origin.columns), detector=detector, rate=c.rate,
+            per_frame_columns=tuple(origin.columns), detector=detector,
+            instrument=self.instrument(), rate=c.rate,
             workers=c.workers, software_version=__version__, origin=metadata)
+
+    def instrument(self) -> Instrument | None:
+        """The run's geometry: what the detector's header said, with the geometry file's
+        values put over it."""
+        said = self.origin.instrument()
+        if self.geometry is None:
+            return said
+        return self.geometry if said is None else said.merged(self.geometry)
 
     def output_geometry(self) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of the frames the collector writes: the workers' chain output,

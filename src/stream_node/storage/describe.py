@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_node.model.errors import ConfigError
+from stream_node.storage.nexus import missing_nxmx
 from stream_node.storage.reader import _plain, open_run
 
 MAX_LISTED = 20
@@ -27,6 +28,10 @@ def describe(path: str | Path) -> str:
         for key in ("run_id_hex", "software_version"):
             if key in entry.attrs:
                 lines.append(f"{key:<17}{_plain(entry.attrs[key])}")
+        version = entry["stream_node"].attrs.get("format_version") if "stream_node" in entry \
+            else None
+        lines.append(f"{'format':<17}stream-node {_plain(version) or '1.0 (before versions)'}"
+                     f"{', NXmx' if 'definition' in entry else ''}")
         for key in ("start_time", "end_time"):
             if key in entry:
                 lines.append(f"{key:<17}{_plain(entry[key][()]) or '(run not finished)'}")
@@ -58,6 +63,10 @@ def describe(path: str | Path) -> str:
                 lines.append(f"  {i}: {reason}")
             if len(ids) > MAX_LISTED:
                 lines.append(f"  ... and {len(ids) - MAX_LISTED} more")
+        gone = missing_nxmx(entry)
+        if gone:
+            lines.append(f"NXmx fields missing ({len(gone)}; give the source --geometry FILE):")
+            lines.extend(f"  {path}" for path in gone)
         if "stream_node/counters" in entry:
             counters = entry["stream_node/counters"]
             values = dict(zip((str(_plain(n)) for n in counters.attrs["names"]),

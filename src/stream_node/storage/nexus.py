@@ -1,8 +1,12 @@
-"""The NeXus part of a run file: the entry, its instrument and the detector group.
+"""The NeXus NXmx part of a run file: entry, beam, detector with its modules, sample goniometer.
 
 What a detector said about itself at START (DECTRIS' header fields, with their units) goes
-into the NXdetector group as NXmx names it; stream-node's own bookkeeping (frames, ledger,
-counters) is the writer's (`storage.writer`).
+into the NXdetector group as NXmx names it; the run's `Instrument` (from the header and the
+source's geometry file) then writes the fields DIALS' NXmx reader needs: the beam's wavelength,
+the detector's translation and modules with their pixel axes, the goniometer's per-frame
+values. What nobody said is left out, never invented (`missing_nxmx` names it). Stream-node's
+own bookkeeping (frames, ledger, counters) is the writer's (`storage.writer`); docs/file-format.md
+describes both.
 """
 
 from __future__ import annotations
@@ -16,6 +20,35 @@ import numpy as np
 
 from stream_node._version import __version__
 from stream_node.kernels.compression import hdf5_filter
+from stream_node.model.instrument import FAST, SLOW, Instrument, Module
+
+ENTRY = "/entry"
+BEAM_FIELDS = frozenset({"incident_wavelength", "incident_energy"})
+DETECTOR = "/entry/instrument/detector"
+TRANSLATION = f"{DETECTOR}/transformations/translation"
+PIXEL_MASK_BITS = ("bit 0 gap (no sensor), 1 dead, 2 under-responding, 3 over-responding, "
+                   "4 noisy, 8 user-defined masked (NeXus NXdetector pixel_mask)")
+# Instrument value -> (NXdetector field, units); None units: a plain number or text.
+DETECTOR_FIELDS = (
+    ("description", "description", None), ("serial_number", "serial_number", None),
+    ("distance", "distance", "m"), ("sensor_material", "sensor_material", None),
+    ("sensor_thickness", "sensor_thickness", "m"),
+    ("saturation_value", "saturation_value", None),
+    ("underload_value", "underload_value", None), ("count_time", "count_time", "s"),
+    ("frame_time", "frame_time", "s"), ("bit_depth_readout", "bit_depth_readout", None),
+    ("detector_readout_time", "detector_readout_time", "s"),
+)
+# What an NXmx reader (DIALS' nxmx, dxtbx) looks for, by path under /entry; `inspect` names the
+# ones a file lacks.
+NXMX_PATHS = (
+    "definition", "instrument/beam/incident_wavelength", "instrument/detector/depends_on",
+    "instrument/detector/module/fast_pixel_direction",
+    "instrument/detector/module/slow_pixel_direction",
+    "instrument/detector/module/module_offset", "instrument/detector/sensor_material",
+    "instrument/detector/sensor_thickness", "instrument/detector/saturation_value",
+    "instrument/detector/count_time", "instrument/detector/frame_time",
+    "instrument/detector/bit_depth_readout", "sample/depends_on",
+)
 
 
 def now() -> str:
@@ -23,25 +56,169 @@ def now() -> str:
 
 
 def write_entry(f: h5py.File, metadata: dict[str, Any], frame_shape: tuple[int, ...],
-                dtype: np.dtype, detector: dict[str, Any]) -> h5py.Group:
-    """/entry with the run's metadata as attributes and /entry/instrument/detector."""
+                dtype: np.dtype, detector: dict[str, Any], instrument: Instrument | None,
+                frames: int) -> h5py.Group:
+    """/entry as NXmx: the run's metadata as attributes, the beam, the detector (what the
+    detector's header said, then the instrument's geometry), the sample's goniometer with a
+    value per frame (`frames` of them, resized by `finish_axes` once the count is known)."""
+    f.attrs["default"] = "entry"  # the NeXus @default chain: file -> entry -> data -> frames
     entry = f.create_group("entry")
     entry.attrs["NX_class"] = "NXentry"
+    entry.attrs["default"] = "data"
     entry.attrs["software"] = "stream-node"
     entry.attrs["software_version"] = __version__
     for key, value in metadata.items():
         entry.attrs[key] = _attr(value)
+    entry["definition"] = "NXmx"
     entry["start_time"] = now()
     entry.create_dataset("end_time", shape=(), dtype=h5py.string_dtype(length=32))
-    inst = entry.create_group("instrument")
-    inst.attrs["NX_class"] = "NXinstrument"
-    det = inst.create_group("detector")
-    det.attrs["NX_class"] = "NXdetector"
+    inst = _group(entry, "instrument", "NXinstrument")
+    det = _group(inst, "detector", "NXdetector")
     det["frame_shape"] = np.array(frame_shape, np.int64)
-    det["bit_depth_readout"] = dtype.itemsize * 8
+    det["bit_depth_image"] = dtype.itemsize * 8
     for key, value in detector.items():
-        _detector_field(det, key, value)
+        if key not in BEAM_FIELDS:  # NXmx keeps them in NXbeam, which the instrument fills
+            _detector_field(det, key, value)
+    if "pixel_mask" in det:
+        det["pixel_mask"].attrs["description"] = PIXEL_MASK_BITS
+    if instrument is not None:
+        _beam(inst, instrument)
+        _detector(det, instrument, frame_shape)
+        _goniometer(entry, instrument, frames)
     return entry
+
+
+def finish_axes(entry: h5py.Group, instrument: Instrument | None, count: int) -> None:
+    """The goniometer's per-frame values for the `count` frames the run has."""
+    if instrument is None:
+        return
+    for axis in instrument.goniometer:
+        values = axis.start + axis.increment * np.arange(count, dtype=np.float64)
+        for name, data in ((axis.name, values), (f"{axis.name}_end", values + axis.increment)):
+            ds = entry[f"sample/transformations/{name}"]
+            ds.resize((count,))
+            ds[:] = data
+
+
+def missing_nxmx(entry: h5py.Group) -> list[str]:
+    """The NXmx fields a reader looks for that this entry lacks (paths under /entry)."""
+    return [path for path in NXMX_PATHS if path not in entry]
+
+
+def _group(parent: h5py.Group, name: str, nx_class: str) -> h5py.Group:
+    group = parent.require_group(name)
+    group.attrs["NX_class"] = nx_class
+    return group
+
+
+def _field(group: h5py.Group, name: str, value: Any, units: str | None = None) -> h5py.Dataset:
+    if name in group:  # the instrument's value wins over the header's copy of it
+        del group[name]
+    group[name] = value
+    if units is not None:
+        group[name].attrs["units"] = units
+    return group[name]
+
+
+def _transformation(group: h5py.Group, name: str, value: Any, kind: str, units: str,
+                    vector: tuple[float, ...], depends_on: str,
+                    offset: tuple[float, ...] | None = None) -> h5py.Dataset:
+    ds = _field(group, name, value, units)
+    ds.attrs["transformation_type"] = kind
+    ds.attrs["vector"] = np.asarray(vector, np.float64)
+    ds.attrs["depends_on"] = depends_on
+    if offset is not None:
+        ds.attrs["offset"] = np.asarray(offset, np.float64)
+        ds.attrs["offset_units"] = units
+    return ds
+
+
+def _beam(inst: h5py.Group, instrument: Instrument) -> None:
+    if instrument.wavelength is None and instrument.flux is None:
+        return
+    beam = _group(inst, "beam", "NXbeam")
+    if instrument.wavelength is not None:
+        _field(beam, "incident_wavelength", instrument.wavelength, "angstrom")
+        _field(beam, "incident_energy", instrument.energy, "eV")
+    if instrument.flux is not None:
+        _field(beam, "flux", instrument.flux, "1/s")
+
+
+def _detector(det: h5py.Group, instrument: Instrument, frame_shape: tuple[int, ...]) -> None:
+    for attr, name, units in DETECTOR_FIELDS:
+        value = getattr(instrument, attr)
+        if value is not None:
+            _field(det, name, value, units)
+    if instrument.beam_center is not None:
+        _field(det, "beam_center_x", instrument.beam_center[0], "pixel")
+        _field(det, "beam_center_y", instrument.beam_center[1], "pixel")
+    if instrument.pixel_size is not None:
+        _field(det, "x_pixel_size", instrument.pixel_size[0], "m")
+        _field(det, "y_pixel_size", instrument.pixel_size[1], "m")
+    # The detector's place: a translation along the beam by the distance, then each module's
+    # offset in the detector plane, then its pixel axes. Only what is known is written: a
+    # module needs its pixel size, its offset the beam centre, the chain the distance.
+    parent = "."
+    if instrument.distance is not None:
+        trans = _group(det, "transformations", "NXtransformations")
+        _transformation(trans, "translation", instrument.distance, "translation", "m",
+                        (0.0, 0.0, 1.0), ".")
+        parent = TRANSLATION
+    _field(det, "depends_on", parent)
+    if instrument.pixel_size is None:
+        return
+    modules = instrument.modules_of(frame_shape)
+    for k, module in enumerate(modules):
+        name = "module" if len(modules) == 1 else f"module{k + 1:02d}"
+        _module(_group(det, name, "NXdetector_module"), f"{DETECTOR}/{name}", module,
+                instrument, parent)
+
+
+def _module(group: h5py.Group, path: str, module: Module, instrument: Instrument,
+            parent: str) -> None:
+    px, py = instrument.pixel_size  # type: ignore[misc]
+    _field(group, "data_origin", np.asarray(module.origin, np.int64))
+    _field(group, "data_size", np.asarray(module.size, np.int64))
+    _field(group, "data_stride", np.ones(2, np.int64))
+    axes_parent = parent
+    if instrument.beam_center is not None:
+        # Where the module's first pixel sits relative to the beam's point on the detector
+        # plane: the beam centre and the module's position are pixel coordinates along FAST/SLOW.
+        bx, by = instrument.beam_center
+        x, y = module.position
+        offset = -((bx - x) * px * np.asarray(FAST)) - ((by - y) * py * np.asarray(SLOW))
+        norm = float(np.linalg.norm(offset))
+        vector = tuple(offset / norm) if norm else (1.0, 0.0, 0.0)
+        _transformation(group, "module_offset", norm, "translation", "m", vector, parent,
+                        (0.0, 0.0, 0.0))
+        axes_parent = f"{path}/module_offset"
+    _transformation(group, "fast_pixel_direction", px, "translation", "m", module.fast,
+                    axes_parent, (0.0, 0.0, 0.0))
+    _transformation(group, "slow_pixel_direction", py, "translation", "m", module.slow,
+                    axes_parent, (0.0, 0.0, 0.0))
+
+
+def _goniometer(entry: h5py.Group, instrument: Instrument, frames: int) -> None:
+    if not instrument.goniometer:
+        return
+    sample = _group(entry, "sample", "NXsample")
+    trans = _group(sample, "transformations", "NXtransformations")
+    axes = instrument.goniometer
+    paths = [f"{ENTRY}/sample/transformations/{a.name}" for a in axes]
+    _field(sample, "depends_on", paths[0])
+    for k, axis in enumerate(axes):
+        units = "deg" if axis.kind == "rotation" else "m"
+        values = axis.start + axis.increment * np.arange(frames, dtype=np.float64)
+        depends_on = paths[k + 1] if k + 1 < len(axes) else "."
+        ds = trans.create_dataset(axis.name, data=values, maxshape=(None,), chunks=(4096,))
+        for key, value in (("transformation_type", axis.kind), ("units", units),
+                           ("vector", np.asarray(axis.vector, np.float64)),
+                           ("depends_on", depends_on)):
+            ds.attrs[key] = value
+        end = trans.create_dataset(f"{axis.name}_end", data=values + axis.increment,
+                                   maxshape=(None,), chunks=(4096,))
+        end.attrs["units"] = units
+        _field(trans, f"{axis.name}_increment_set", axis.increment, units)
 
 
 def _attr(value: Any) -> Any:

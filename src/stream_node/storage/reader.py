@@ -1,9 +1,16 @@
-"""Reading a written run back into numpy, with its metadata and its ledger of missing frames."""
+"""Reading a written run back: frames as a lazy h5py dataset (`read_run`) or loaded into numpy
+(`load_run`), with the metadata and the ledger of missing frames.
+
+A run of thousands of 8 MiB frames does not fit in memory, so the documented reader is lazy,
+like h5py itself: `run.frames[i]` reads frame i when asked. The file stays open until the
+`Run` is closed (`with read_run(...) as run:`) or dropped; while it is, HDF5's file lock keeps
+a writer from opening the same file (a collector resuming it), as with any HDF5 reader.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +21,34 @@ import numpy as np
 
 @dataclass
 class Run:
-    """One run as written: frames[i] is frame id frame_ids[i]; missing maps id -> reason."""
+    """One run as written: frames[i] is frame id frame_ids[i]; missing maps id -> reason.
 
-    frames: np.ndarray
+    From `read_run`, `frames` is the file's h5py dataset (slice it to read; `close()` or a
+    `with` block releases the file); from `load_run`, a numpy array.
+    """
+
+    frames: h5py.Dataset | np.ndarray
     frame_ids: np.ndarray
     received: np.ndarray
     metadata: dict[str, Any]
     missing: dict[int, str]
     counters: dict[str, Any]
+    file: h5py.File | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
         return not self.missing
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _plain(value: Any) -> Any:
@@ -50,37 +73,53 @@ def open_run(path: str | Path) -> h5py.File:
         return h5py.File(path, "r", swmr=True)
 
 
-def read_run(path: str | Path, frames: slice | None = None) -> Run:
-    """Load a run written by stream-node; `frames` selects a slice of frames for large runs.
+def read_run(path: str | Path) -> Run:
+    """A run written by stream-node, its frames read only when sliced (lazy, like h5py).
 
-    >>> run = read_run("run.h5")                         # doctest: +SKIP
-    >>> run.frames.shape, run.missing                    # doctest: +SKIP
-    ((1000, 512, 1024), {})
+    >>> with read_run("run.h5") as run:                  # doctest: +SKIP
+    ...     run.frames.shape, run.missing, run.frames[17].mean()
+    ((1000, 512, 1024), {}, 3.0)
     """
+    f = open_run(path)
+    try:
+        return _run(f, f["entry/data/data"])
+    except BaseException:
+        f.close()
+        raise
+
+
+def load_run(path: str | Path, frames: slice | None = None) -> Run:
+    """The same as `read_run`, with the frames (all, or the slice `frames`) loaded into a
+    numpy array and the file closed again: for runs that fit in memory."""
     select = frames if frames is not None else slice(None)
     with open_run(path) as f:
-        entry = f["entry"]
-        data = entry["data/data"][select]
-        records = entry.get("frames")
-        if records is not None:
-            ids = records["frame_id"][select]
-            received = records["received"][select].astype(bool)
-        else:  # a run whose collector stopped before finalising: chunks are all there is
-            ids = np.arange(entry["data/data"].shape[0], dtype=np.uint64)[select]
-            received = np.ones(len(ids), bool)
-        missing: dict[int, str] = {}
-        if "missing" in entry:
-            reasons = [_plain(r) for r in entry["missing/reason"][()]]
-            missing = {int(i): r for i, r in zip(entry["missing/frame_id"][()], reasons,
-                                                  strict=True)}
-        metadata = {k: _plain(v) for k, v in entry.attrs.items()}
-        for name in ("start_time", "end_time"):
-            if name in entry:
-                metadata[name] = _plain(entry[name][()])
-        counters: dict[str, Any] = {}
-        if "stream_node/counters" in entry:
-            values = entry["stream_node/counters"]
-            counters = {str(_plain(n)): int(v) for n, v in zip(values.attrs["names"], values[()],
-                                                               strict=True)}
-            counters["reports"] = json.loads(entry["stream_node/reports"][()].tobytes() or b"{}")
-    return Run(data, ids, received, metadata, missing, counters)
+        run = _run(f, f["entry/data/data"][select], select)
+    run.file = None
+    return run
+
+
+def _run(f: h5py.File, data: h5py.Dataset | np.ndarray, select: slice = slice(None)) -> Run:
+    entry = f["entry"]
+    records = entry.get("frames")
+    if records is not None:
+        ids = records["frame_id"][select]
+        received = records["received"][select].astype(bool)
+    else:  # a run whose collector stopped before finalising: chunks are all there is
+        ids = np.arange(entry["data/data"].shape[0], dtype=np.uint64)[select]
+        received = np.ones(len(ids), bool)
+    missing: dict[int, str] = {}
+    if "missing" in entry:
+        reasons = [_plain(r) for r in entry["missing/reason"][()]]
+        missing = {int(i): r for i, r in zip(entry["missing/frame_id"][()], reasons,
+                                              strict=True)}
+    metadata = {k: _plain(v) for k, v in entry.attrs.items()}
+    for name in ("start_time", "end_time"):
+        if name in entry:
+            metadata[name] = _plain(entry[name][()])
+    counters: dict[str, Any] = {}
+    if "stream_node/counters" in entry:
+        values = entry["stream_node/counters"]
+        counters = {str(_plain(n)): int(v) for n, v in zip(values.attrs["names"], values[()],
+                                                           strict=True)}
+        counters["reports"] = json.loads(entry["stream_node/reports"][()].tobytes() or b"{}")
+    return Run(data, ids, received, metadata, missing, counters, f)

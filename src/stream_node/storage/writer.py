@@ -1,9 +1,14 @@
 """The HDF5 file of one run: frames as direct chunks at their index, per-frame records, the ledger.
 
-Layout (NeXus-style, readable by any HDF5 tool with the bitshuffle plugin; no stream-node needed):
+Layout (NeXus NXmx, readable by any HDF5 1.10 or later with the bitshuffle plugin; no
+stream-node needed; docs/file-format.md says every object, its type and units):
 
-    /entry                          NXentry; run metadata as attributes; start_time, end_time
-    /entry/instrument/detector      NXdetector: frame geometry, bit depth, detector metadata
+    /entry                          NXentry, definition "NXmx", @default -> data; run metadata
+                                    as attributes; start_time, end_time
+    /entry/instrument/beam          NXbeam: incident wavelength and energy, flux (when known)
+    /entry/instrument/detector      NXdetector: the detector's own header fields, its place
+                                    (transformations, NXdetector_module per module), sensor...
+    /entry/sample                   NXsample: goniometer axes with a value per frame
     /entry/data/data                frames x ny x nx, one frame per chunk, 0 where one is missing
                                     (a virtual dataset over numbered data files when rotating)
     /entry/frames/{frame_id, timestamp_ns, arrival_ns, worker, received, flags, parts}
@@ -12,8 +17,8 @@ Layout (NeXus-style, readable by any HDF5 tool with the bitshuffle plugin; no st
     /entry/frames/<origin column>   per-frame values the origin reported (e.g. DECTRIS times)
     /entry/partial/{frame_id, missing_parts}   partial frames and a bitmap of the parts lost
     /entry/missing/{frame_id, reason}   every expected id that never arrived, and why
-    /entry/stream_node/counters     int64 values, names in its "names" attribute
-    /entry/stream_node/reports      the nodes' final reports, JSON bytes
+    /entry/stream_node              @format_version; counters (int64 values, names in its
+                                    "names" attribute); reports (the nodes' final reports, JSON)
 
 Every object exists before the file switches to SWMR, and afterwards only dataset contents and
 sizes change: analysis code can open it with `swmr=True` and read frames while the run goes on.
@@ -38,7 +43,8 @@ import numpy as np
 from stream_node.kernels.compression import hdf5_filter
 from stream_node.model.contract import frame_nbytes
 from stream_node.model.errors import ConfigError, OutputExistsError, StorageError
-from stream_node.storage.nexus import now, write_entry
+from stream_node.model.instrument import Instrument
+from stream_node.storage.nexus import finish_axes, now, write_entry
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,12 @@ COUNTERS = ("frames_expected", "frames_written", "bytes_written", "bytes_stored"
             "duplicates", "partial", "dropped_malformed", "dropped_foreign", "dropped_invalid",
             "dropped_unexpected")
 REASON_BYTES = 240
+# The oldest HDF5 object formats that still give SWMR and virtual datasets: those of HDF5 1.10.
+# Unbounded ("latest"), HDF5 2.0 writes a layout message HDF5 1.14 and the 1.10 tools that
+# distributions ship cannot read ("bad version number for layout message"); with this bound the
+# file opens in HDF5 1.10, 1.12, 1.14 and 2.0 alike (tests/test_file_compat.py).
+LIBVER = ("v110", "v110")
+FORMAT_VERSION = "1.1"  # stream-node's own layout, /entry/stream_node@format_version; see docs
 # Per-frame records kept in memory while frames arrive and written at each flush: the name in
 # /entry/frames, dtype, and the value of a frame that never came.
 RECORDS = (("timestamp_ns", np.uint64, 0), ("arrival_ns", np.uint64, 0), ("worker", np.int32, -1),
@@ -88,6 +100,8 @@ class RunWriter:
         detector: dict[str, Any] | None = None,
         columns: tuple[str, ...] = (),
         resume: bool = False,
+        instrument: Instrument | None = None,
+        libver: str | tuple[str, str] = LIBVER,
     ) -> None:
         if compression not in (None, "none", "bslz4"):
             raise ConfigError(f"compression {compression!r}: use 'bslz4' or none")
@@ -100,6 +114,8 @@ class RunWriter:
         self.compression = compression if compression == "bslz4" else None
         self.frames_per_file = frames_per_file if 0 < frames_per_file < expected_frames else 0
         self.overwrite = overwrite
+        self.instrument = instrument
+        self.libver = libver  # LIBVER; another bound only to measure what it costs (bench/)
         self.columns = tuple(columns)  # the origin's per-frame values, declared at START
         self.frames_written = 0
         self.bytes_written = 0  # frame bytes as the detector made them
@@ -137,7 +153,7 @@ class RunWriter:
                 f"output file {path} exists: pass --overwrite to replace it, or choose another")
         try:
             # 'x' fails if another process creates the file between the check and here.
-            return h5py.File(path, "w" if self.overwrite else "x", libver="latest")
+            return h5py.File(path, "w" if self.overwrite else "x", libver=self.libver)
         except FileExistsError as exc:
             raise OutputExistsError(f"output file {path} exists: {exc}") from None
         except OSError as exc:
@@ -147,7 +163,7 @@ class RunWriter:
         """The file of a collector that died mid-run. Its writer never closed it, so HDF5's
         "open for writing" mark is still set; h5clear (hdf5-tools) clears it, nothing else."""
         try:
-            return h5py.File(path, "r+", libver="latest")
+            return h5py.File(path, "r+", libver=self.libver)
         except OSError as exc:
             if "h5clear" not in str(exc):
                 raise StorageError(f"cannot reopen {path} to resume: {_brief(exc)}") from None
@@ -159,7 +175,7 @@ class RunWriter:
         if done.returncode:
             raise StorageError(f"h5clear -s {path} failed: {done.stderr.strip()}")
         try:
-            return h5py.File(path, "r+", libver="latest")
+            return h5py.File(path, "r+", libver=self.libver)
         except OSError as exc:
             raise StorageError(f"cannot reopen {path} to resume: {_brief(exc)}") from None
 
@@ -213,7 +229,8 @@ class RunWriter:
             **(hdf5_filter() if self.compression else {}))
 
     def _layout(self, size: int, metadata: dict[str, Any], detector: dict[str, Any]) -> None:
-        entry = write_entry(self._file, metadata, self.frame_shape, self.dtype, detector)
+        entry = write_entry(self._file, metadata, self.frame_shape, self.dtype, detector,
+                            self.instrument, size)
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
@@ -251,6 +268,7 @@ class RunWriter:
                                dtype=h5py.string_dtype(length=REASON_BYTES))
         node = entry.create_group("stream_node")
         node.attrs["NX_class"] = "NXcollection"
+        node.attrs["format_version"] = FORMAT_VERSION
         counters = node.create_dataset("counters", data=np.zeros(len(COUNTERS), np.int64))
         counters.attrs["names"] = list(COUNTERS)
         node.create_dataset("reports", shape=(0,), maxshape=(None,), dtype=np.uint8,
@@ -425,6 +443,7 @@ class RunWriter:
             blob = np.frombuffer(json.dumps(reports or {}).encode(), np.uint8)
             ds["reports"].resize((len(blob),))
             ds["reports"][:] = blob
+            finish_axes(self._file["entry"], self.instrument, count)
             ds["end_time"][()] = now()
             self.flush({**counters, "missing": len(ids)})
         except OSError as exc:
