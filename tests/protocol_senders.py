@@ -28,7 +28,10 @@ import zmq
 
 SEND_BLOCK = 1024  # bitshuffle block (elements) of the sent blobs
 FAULTS = ("none", "unknown_htype", "image_before_header", "second_header", "wrong_size",
-          "corrupt_blob", "no_end", "skip_train", "bad_hash")
+          "corrupt_blob", "no_end", "skip_train", "bad_hash", "huge_id", "overflow_id",
+          "empty_hash", "no_hash")
+# The frame number a detector's damaged header gives the fault frame instead of its own.
+ABSURD_IDS = {"huge_id": 10**12, "overflow_id": 2**70}
 
 
 def frame(i: int, shape: tuple[int, ...], dtype: str, seed: int = 1) -> np.ndarray:
@@ -151,7 +154,13 @@ def dectris_image(args: argparse.Namespace, series: int, i: int,
     digest = hashlib.md5(blob).hexdigest()
     if args.fault == "bad_hash" and i == args.fault_frame:
         digest = hashlib.md5(blob[1:]).hexdigest()  # as if a byte went astray on the way
-    return [_jsonb({"htype": "dimage-1.0", "series": series, "frame": i, "hash": digest}),
+    number = ABSURD_IDS.get(args.fault, i) if i == args.fault_frame else i
+    image = {"htype": "dimage-1.0", "series": series, "frame": number, "hash": digest}
+    if args.fault == "empty_hash" and i == args.fault_frame:
+        image["hash"] = ""  # a detector whose hashing is off
+    if args.fault == "no_hash" and i == args.fault_frame:
+        del image["hash"]
+    return [_jsonb(image),
             _jsonb({"htype": "dimage_d-1.0", "shape": [x, y], "type": args.dtype,
                     "encoding": args.encoding, "size": size}),
             blob,

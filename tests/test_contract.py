@@ -246,10 +246,16 @@ def test_an_id_outside_the_run_is_a_problem(frame_id):
     assert "id outside the run's ids 100..109" in c.frame_problem(header, header.payload_bytes)
 
 
-def test_a_run_of_unknown_length_takes_any_id_from_its_first():
+def test_a_run_of_unknown_length_takes_ids_up_to_a_window_beyond_the_highest():
+    """Any id from the first on, up to MAX_ID_JUMP beyond the highest written: an absurd one
+    (10**12 from a damaged detector header) is refused, not allocated for (issue #18)."""
+    from stream_node.model.contract import MAX_ID_JUMP
+
     c = contract(frames=None)
+    near = raw_header(c, 100 + 50 + MAX_ID_JUMP)
+    assert c.frame_problem(near, near.payload_bytes, highest=50) is None
     late = raw_header(c, 10**12)
-    assert c.frame_problem(late, late.payload_bytes) is None
+    assert "jumps more than" in c.frame_problem(late, late.payload_bytes, highest=50)
     early = raw_header(c, 99)
     assert "id outside the run's ids 100.." in c.frame_problem(early, early.payload_bytes)
 

@@ -12,7 +12,7 @@ import zmq
 
 from conftest import free_tcp_endpoint
 from stream_node.links.control import ControlHub, ControlLink, Inbound, Liveness
-from stream_node.model.errors import ConfigError, PeerTimeout
+from stream_node.model.errors import ConfigError, PeerTimeout, RunAborted
 from stream_node.model.frame import MsgType, control_message
 
 RUN = 0x0DDBA11
@@ -175,13 +175,23 @@ def test_a_message_from_a_peer_that_never_said_hello_is_refused(ctx, closing, en
 
 def test_a_message_of_another_run_is_dropped_as_foreign(ctx, closing, endpoint, rogue):
     hub = closing(ControlHub(ctx, endpoint, RUN, START, FAST))
-    rogue.send_multipart(control_message(MsgType.HELLO, 0, {"role": "worker", "name": "r"}))
+    rogue.send_multipart(control_message(MsgType.HELLO, 0, {"role": "worker", "name": "r",
+                                                            "topology": hub.topology}))
     rogue.send_multipart(control_message(MsgType.READY, RUN + 1))
     until(lambda: hub.poll(50), lambda: hub.foreign == 1, "the foreign READY")
     assert not hub.peers[b"rogue"].ready
     rogue.send_multipart(control_message(MsgType.READY, RUN))
     [msg] = hub_messages(hub, 1)
     assert msg.msg_type == MsgType.READY and hub.peers[b"rogue"].ready
+
+
+def test_a_hello_of_another_topology_is_refused_with_the_reason(ctx, closing, endpoint):
+    hub = closing(ControlHub(ctx, endpoint, RUN, START, FAST, topology="ours"))
+    link = closing(ControlLink(ctx, endpoint, "worker", "w9", FAST, topology="theirs"))
+    until(lambda: hub.poll(50), lambda: hub.refused == 1, "the refusal")
+    assert not hub.peers  # never counted as one of this run's nodes
+    with pytest.raises(RunAborted, match="belongs to topology 'ours', the worker is of 'theirs'"):
+        link.wait_start(5.0)
 
 
 def test_a_link_refuses_malformed_and_foreign_messages_from_the_hub(ctx, closing, endpoint):

@@ -210,3 +210,22 @@ def test_the_description_names_the_window_and_its_memory(rig):
     r = rig(window=64)
     text = r.out.describe()
     assert text.startswith("reliable fan-out (credit), window 64 frames (~0 MiB); link memory")
+
+
+def test_a_frame_not_acknowledged_in_time_is_sent_again_though_its_worker_lives(rig, ctx, tmp_path):
+    """The worker is alive and took the frame, but it never reached the collector (a partition
+    between them, a link queue dropped): no ACK comes. Before, only a worker lost on control
+    had its frames sent again, so such frames were lost in reliable mode."""
+    r = rig()
+    r.out.resend_after_s = 0.3
+    w0 = r.worker(b"w0", 1)
+    r.commit(0)
+    r.pump(lambda: r.held_by(b"w0") == [0], "frame 0 held by w0")
+    assert [h for h, _ in received(w0.take(1000))] == [0]  # w0 got it... and it goes no further
+    w1 = r.worker(b"w1", 1)
+    r.pump(lambda: r.held_by(b"w1") == [0], "frame 0 sent again, to whoever has credit",
+           timeout_s=5.0)
+    assert r.out.resent == 1
+    r.out.acked([0])  # the copy got through
+    assert r.out.in_window() == 0 and not r.out.sent_at
+    w1.release()

@@ -46,7 +46,7 @@ def test_header_is_little_endian_at_documented_offsets():
     wire = FrameHeader(MsgType.FRAME, run_id=0x1122, frame_id=7, shape=(3, 5), dtype_code=2,
                        timestamp_ns=99, sender=4).pack()
     _magic, version, hsize, mtype, dt, enc, ndim = struct.unpack_from("<IHHBBBB", wire)
-    assert wire[:4] == b"SNFR" and version == 1 and hsize == 96
+    assert wire[:4] == b"SNFR" and version == 2 and hsize == 96
     assert (mtype, dt, enc, ndim) == (MsgType.FRAME, 2, 0, 2)
     assert struct.unpack_from("<QQ4I", wire, 16) == (0x1122, 7, 3, 5, 0, 0)
     assert struct.unpack_from("<QQQI", wire, 48) == (30, 30, 99, 4)
@@ -61,7 +61,7 @@ def _good() -> bytearray:
     (lambda b: b[:50], "truncated: got 50 bytes"),
     (lambda b: b"", "truncated: got 0 bytes"),
     (lambda b: b"XXXX" + b[4:], "wrong magic"),
-    (lambda b: b[:4] + struct.pack("<H", 2) + b[6:], "unsupported header version: got version 2"),
+    (lambda b: b[:4] + struct.pack("<H", 1) + b[6:], "unsupported header version: got version 1"),
     (lambda b: b[:6] + struct.pack("<H", 64) + b[8:], "header_size"),
     (lambda b: b[:8] + bytes([99]) + b[9:], "unknown message type"),
     (lambda b: b[:9] + bytes([77]) + b[10:], "dtype"),
@@ -81,6 +81,29 @@ def test_a_header_that_cannot_be_valid_is_never_packed():
         FrameHeader(MsgType.FRAME, shape=(2, 2), dtype_code=0).pack()
     with pytest.raises(ProtocolError, match="at most 4 dimensions"):
         FrameHeader(MsgType.FRAME, shape=(1, 1, 1, 1, 1), dtype_code=1)
+
+
+@pytest.mark.parametrize("offset", [24, 27, 31, 64, 72, 76])
+def test_a_header_damaged_in_transit_is_refused_not_believed(offset):
+    """Before version 2 a flipped bit in the frame id (bytes 24-31) gave a valid header of
+    another frame: written at the wrong index, the real frame then dropped as a duplicate.
+    The CRC-32C over the header refuses it, and the receiving node counts it malformed."""
+    wire = _good()
+    wire[offset] ^= 0x10
+    with pytest.raises(ProtocolError, match="checksum mismatch: damaged in transit"):
+        FrameHeader.parse(bytes(wire))
+
+
+def test_the_header_checksum_is_crc32c_over_the_header_with_its_field_zero():
+    wire = bytearray(_good())
+    stored = struct.unpack_from("<I", wire, 80)[0]
+    wire[80:84] = b"\0\0\0\0"
+    crc = 0xFFFFFFFF
+    for byte in wire:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    assert stored == crc ^ 0xFFFFFFFF
 
 
 def test_payload_view_is_zero_copy_and_checks_length():

@@ -36,3 +36,13 @@ def test_bad_geometry_and_dtype_are_refused():
         SyntheticDetector((1, 2), "uint16")
     with pytest.raises(ProtocolError):
         SyntheticDetector((4, 4), "complex64")
+
+
+def test_frames_do_not_depend_on_the_order_they_are_asked_for():
+    """The pool is drawn on first use, in order: a run asking for frame 7 first gets the same
+    bytes as one that drew the whole pool at start (as every other process does)."""
+    first, second = SyntheticDetector((64, 32), seed=5), SyntheticDetector((64, 32), seed=5)
+    ids = [7, 0, 3, 100, 5, 1]
+    late = {i: first.frame(i).tobytes() for i in ids}
+    early = {i: second.frame(i).tobytes() for i in sorted(ids)}
+    assert late == early

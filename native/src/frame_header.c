@@ -9,7 +9,31 @@ _Static_assert(offsetof(sn_frame_header, shape) == 32, "shape offset");
 _Static_assert(offsetof(sn_frame_header, payload_bytes) == 48, "payload_bytes offset");
 _Static_assert(offsetof(sn_frame_header, timestamp_ns) == 64, "timestamp_ns offset");
 _Static_assert(offsetof(sn_frame_header, sender) == 72, "sender offset");
-_Static_assert(offsetof(sn_frame_header, reserved1) == 80, "reserved1 offset");
+_Static_assert(offsetof(sn_frame_header, crc) == 80, "crc offset");
+_Static_assert(offsetof(sn_frame_header, reserved1) == 88, "reserved1 offset");
+
+/* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven: 96 bytes in ~0.1 us, a
+   small part of what parsing a header costs in Python. */
+static uint32_t crc_table[256];
+
+/* Filled when the library is loaded, before any thread can pack or parse a header. */
+__attribute__((constructor)) static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+/* The crc of a wire header (little-endian bytes), its crc field taken as 0. */
+static uint32_t header_crc(const uint8_t *wire) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < SN_HEADER_SIZE; i++) {
+        uint8_t byte = (i >= 80 && i < 84) ? 0 : wire[i];
+        c = crc_table[(c ^ byte) & 0xFF] ^ (c >> 8);
+    }
+    return c ^ 0xFFFFFFFFu;
+}
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define SN_BIG_ENDIAN 1
@@ -32,6 +56,8 @@ static void swap_fields(sn_frame_header *h) {
     h->timestamp_ns = __builtin_bswap64(h->timestamp_ns);
     h->sender = __builtin_bswap32(h->sender);
     h->parts = __builtin_bswap32(h->parts);
+    h->crc = __builtin_bswap32(h->crc);
+    h->reserved0 = __builtin_bswap32(h->reserved0);
     for (int i = 0; i < SN_HEADER_RESERVED_WORDS; i++)
         h->reserved1[i] = __builtin_bswap64(h->reserved1[i]);
 #else
@@ -61,6 +87,7 @@ int sn_header_validate(const sn_frame_header *h) {
     if (h->header_size != SN_HEADER_SIZE) return SN_EHSIZE;
     if (h->msg_type < 1 || h->msg_type > SN_MSG_TYPE_MAX) return SN_ETYPE;
     if (h->encoding > SN_ENC_MAX) return SN_EENCODING;
+    if (h->reserved0 != 0) return SN_ERESERVED;
     for (int i = 0; i < SN_HEADER_RESERVED_WORDS; i++)
         if (h->reserved1[i] != 0) return SN_ERESERVED;
     if (h->ndim > SN_MAX_DIMS) return SN_ENDIM;
@@ -90,8 +117,14 @@ int sn_header_pack(const sn_frame_header *h, uint8_t *out, size_t out_len) {
     int rc = sn_header_validate(h);
     if (rc != SN_OK) return rc;
     sn_frame_header le = *h;
+    le.crc = 0;
     swap_fields(&le);
     memcpy(out, &le, SN_HEADER_SIZE);
+    uint32_t crc = header_crc(out);
+#if SN_BIG_ENDIAN
+    crc = __builtin_bswap32(crc);
+#endif
+    memcpy(out + 80, &crc, sizeof crc);
     return SN_OK;
 }
 
@@ -102,6 +135,7 @@ int sn_header_parse(const uint8_t *buf, size_t len, sn_frame_header *out) {
     swap_fields(&h);
     int rc = sn_header_validate(&h);
     if (rc != SN_OK) return rc;
+    if (h.crc != header_crc(buf)) return SN_ECRC;
     *out = h;
     return SN_OK;
 }
@@ -121,6 +155,7 @@ const char *sn_header_strerror(int code) {
     case SN_EPAYLOAD: return "raw payload_bytes does not match uncompressed_bytes";
     case SN_ERESERVED: return "reserved fields are not zero";
     case SN_EBUFFER: return "output buffer too small for a header";
+    case SN_ECRC: return "header checksum mismatch: damaged in transit";
     default: return "unknown error code";
     }
 }

@@ -23,7 +23,14 @@
  *   72   4   sender              id of the node that last handled the message (e.g. worker index)
  *   76   4   parts               FRAME: data parts (e.g. UDP packets) that arrived; 0 = not
  *                                   counted. With SN_FLAG_PARTIAL, fewer than the frame has
- *   80  16   reserved1[2]        must be 0 in version 1
+ *   80   4   crc                 CRC-32C of the 96 bytes with this field 0: a header damaged
+ *                                   in transit (a flipped frame id) is refused, never written
+ *                                   at the wrong index
+ *   84   4   reserved0           must be 0
+ *   88   8   reserved1[1]        must be 0
+ *
+ * Version 2 added `crc` (version 1 had 16 reserved bytes there); nodes of both versions never
+ * mix: a reader refuses any other version by name.
  *
  * All functions return 0 on success or one of the negative SN_E* codes below; they never allocate
  * and never read or write outside the buffer lengths they are given.
@@ -39,10 +46,10 @@ extern "C" {
 #endif
 
 #define SN_HEADER_MAGIC 0x52464E53u /* bytes 'S' 'N' 'F' 'R' */
-#define SN_HEADER_VERSION 1
+#define SN_HEADER_VERSION 2
 #define SN_HEADER_SIZE 96
 #define SN_MAX_DIMS 4
-#define SN_HEADER_RESERVED_WORDS 2 /* uint64_t words in reserved1; all 0 in version 1 */
+#define SN_HEADER_RESERVED_WORDS 1 /* uint64_t words in reserved1; all 0 */
 
 typedef enum sn_msg_type {
     SN_MSG_START = 1,     /* run metadata (msgpack body); opens a run on a peer */
@@ -103,7 +110,8 @@ enum {
     SN_ESIZE = -9,      /* uncompressed_bytes != prod(shape) * itemsize */
     SN_EPAYLOAD = -10,  /* raw payload_bytes != uncompressed_bytes */
     SN_ERESERVED = -11, /* reserved fields not zero */
-    SN_EBUFFER = -12    /* output buffer smaller than SN_HEADER_SIZE */
+    SN_EBUFFER = -12,   /* output buffer smaller than SN_HEADER_SIZE */
+    SN_ECRC = -13       /* crc does not match the header's bytes: damaged in transit */
 };
 
 typedef struct sn_frame_header {
@@ -123,6 +131,8 @@ typedef struct sn_frame_header {
     uint64_t timestamp_ns;
     uint32_t sender;
     uint32_t parts;
+    uint32_t crc;
+    uint32_t reserved0;
     uint64_t reserved1[SN_HEADER_RESERVED_WORDS];
 } sn_frame_header;
 
@@ -132,10 +142,12 @@ size_t sn_dtype_itemsize(uint8_t dtype);
 /* Checks the invariants listed with the error codes; 0 if h may be sent. */
 int sn_header_validate(const sn_frame_header *h);
 
-/* Validates h, then writes its SN_HEADER_SIZE-byte wire form to out. */
+/* Validates h, then writes its SN_HEADER_SIZE-byte wire form to out, crc computed (h->crc is
+   ignored). */
 int sn_header_pack(const sn_frame_header *h, uint8_t *out, size_t out_len);
 
-/* Reads and validates a wire header from buf; out is written only on success. */
+/* Reads and validates a wire header from buf, its crc last (so a malformed field is named);
+   out is written only on success. */
 int sn_header_parse(const uint8_t *buf, size_t len, sn_frame_header *out);
 
 /* A static, human-readable description of an SN_E* code. */

@@ -69,6 +69,7 @@ cdef extern from "stream_node/frame_header.h" nogil:
         SN_EPAYLOAD
         SN_ERESERVED
         SN_EBUFFER
+        SN_ECRC
 
     ctypedef struct sn_frame_header:
         uint32_t magic
@@ -87,6 +88,8 @@ cdef extern from "stream_node/frame_header.h" nogil:
         uint64_t timestamp_ns
         uint32_t sender
         uint32_t parts
+        uint32_t crc
+        uint32_t reserved0
         uint64_t reserved1[SN_HEADER_RESERVED_WORDS]
 
     size_t sn_dtype_itemsize(uint8_t dtype)

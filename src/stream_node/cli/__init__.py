@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stream-node {args.command}: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt as exc:
-        print(f"stream-node {args.command}: interrupted ({exc or 'SIGINT'}), finalised",
+        print(f"stream-node {args.command}: interrupted ({str(exc) or 'SIGINT'}), finalised",
               file=sys.stderr)
         return int(ExitCode.ABORTED)
     finally:

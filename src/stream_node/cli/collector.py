@@ -18,7 +18,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     col.add_argument("--control", required=True, help="the source's control endpoint")
     col.add_argument("--input", required=True, help="endpoint to bind for frames")
     col.add_argument("--file", required=True, type=Path, help="HDF5 output file")
-    col.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    col.add_argument("--overwrite", action="store_true",
+                     help="replace an existing file (never one a live collector is writing)")
     col.add_argument("--resume", action="store_true",
                      help="reopen the file a collector of this run left when it died, and go "
                           "on (the source must run with --collector-restart)")
@@ -55,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     except StorageError as exc:
         if collector.writer is None or not collector.writer.abandoned:
             raise
-        # The output file was abandoned after a failed write: end now, before HDF5's exit-time
-        # close can write metadata the disk has no room for (it would spoil the flushed file).
+        # The output file was abandoned after a failed write (its missing frames are in the
+        # sidecar ledger, or on stderr): end now, before HDF5's exit-time close can write
+        # metadata the disk has no room for (it would spoil the flushed file). The kernel
+        # drops the file's lock as the process ends.
         print(f"stream-node collector: error: {exc}", file=sys.stderr, flush=True)
         zmq.Context.instance().destroy(linger=2000)
         os._exit(int(exc.exit_code))

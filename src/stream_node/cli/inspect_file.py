@@ -18,7 +18,8 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_node.storage.describe import describe
+    from stream_node.storage.describe import inspect_run
 
-    print(describe(args.file))
-    return ExitCode.OK
+    text, complete = inspect_run(args.file)
+    print(text)
+    return ExitCode.OK if complete else ExitCode.FRAMES_MISSING

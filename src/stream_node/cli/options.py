@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stream_node.links.control import Liveness
+from stream_node.links.control import Liveness, default_topology
 from stream_node.links.transport import LinkLimits
 
 FORMAT = argparse.RawDescriptionHelpFormatter
@@ -25,6 +26,13 @@ HAND_EXAMPLE = """example, three terminals:
 """
 
 
+# The largest frame --shape may ask for: 2 GiB at the widest --dtype (4 bytes a pixel). A frame
+# is one HDF5 chunk (under 4 GiB by HDF5's rule) and one message per hop; the cap is about 30
+# times the largest detectors' frames (EIGER2 16M: 18 Mpixels) and refuses a typo before any
+# memory is asked for.
+MAX_SHAPE_PIXELS = (2 << 30) // 4
+
+
 def shape_arg(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(n) for n in text.lower().split("x"))
@@ -32,6 +40,11 @@ def shape_arg(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"shape {text!r} is not like 512x1024") from None
     if not shape or min(shape) < 1 or len(shape) > 3:
         raise argparse.ArgumentTypeError(f"shape {text!r}: 1 to 3 positive dimensions")
+    pixels = math.prod(shape)
+    if pixels > MAX_SHAPE_PIXELS:
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r} is {pixels} pixels, more than the {MAX_SHAPE_PIXELS} a frame may "
+            "have (2 GiB at 4 bytes a pixel): give the frame's own shape, e.g. 512x1024")
     return shape
 
 
@@ -45,6 +58,17 @@ def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
         return value
     return parse
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0 (a rate: 0 means as fast as possible)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0 (0: no limit)")
+    return value
 
 
 def kernel_chain_file(path: str) -> list[dict]:
@@ -126,10 +150,12 @@ def frame_options(p: argparse.ArgumentParser, default_frames: int) -> None:
     p.add_argument("--kernels", type=kernel_chain_file, default=None, metavar="CHAIN.json",
                    help='the workers\' kernel chain: a JSON list like [{"kernel": "photonise", '
                         '"photon_energy_kev": 12.4}]; maps as .npy paths')
-    p.add_argument("--shape", type=shape_arg, default=(512, 1024), help="e.g. 512x1024")
+    p.add_argument("--shape", type=shape_arg, default=(512, 1024),
+                   help=f"e.g. 512x1024 (at most {MAX_SHAPE_PIXELS} pixels)")
     p.add_argument("--dtype", default="uint16", choices=["uint16", "uint32", "float32", "uint8"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rate", type=float, default=0.0, help="frames/s (0: as fast as possible)")
+    p.add_argument("--rate", type=non_negative, default=0.0,
+                   help="frames/s (0: as fast as possible)")
 
 
 def liveness_of(args: argparse.Namespace) -> Liveness:
@@ -144,7 +170,12 @@ def role_parser(sub: argparse._SubParsersAction, name: str,
 
 
 def node_options(p: argparse.ArgumentParser) -> None:
-    """What every node of a run takes: timeouts, link bounds and keys, status and metrics."""
+    """What every node of a run takes: timeouts, link bounds and keys, status and metrics, the
+    topology it belongs to."""
+    p.add_argument("--topology", default=default_topology(), metavar="NAME",
+                   help="the topology this node belongs to: the source refuses workers and "
+                        "collectors of another (default: your user name; `run` gives the "
+                        "topology file's name)")
     timing_options(p)
     link_options(p)
     observed_options(p)
@@ -152,5 +183,5 @@ def node_options(p: argparse.ArgumentParser) -> None:
 
 def node_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings every node's config takes, from `node_options`' flags."""
-    return {"status": args.status, "metrics_port": args.metrics_port,
+    return {"status": args.status, "metrics_port": args.metrics_port, "topology": args.topology,
             "limits": link_limits(args), "liveness": liveness_of(args)}

@@ -41,6 +41,10 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--origin-timeout", type=positive(float), default=10.0, metavar="S",
                      help="detector streams: a detector silent this long has ended the run "
                           "(default 10; an endpoint's ?timeout=S overrides it)")
+    src.add_argument("--stall-timeout", type=positive(float), default=60.0, metavar="S",
+                     help="end the run when no frame could be handed on for this long although "
+                          "workers are alive (a worker reading another run's endpoint, a "
+                          "stuck collector; default 60)")
     src.add_argument("--collector-restart", type=positive(float), default=None, metavar="S",
                      help="if the collector is lost mid-run, wait this long for one started "
                           "with --resume (default: the run fails at once)")
@@ -49,6 +53,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                           "collector wrote it and sends a lost worker's frames again")
     src.add_argument("--credit", type=positive(int), default=4, metavar="N",
                      help="--reliable: frames each worker may hold (default 4)")
+    src.add_argument("--resend-after", type=positive(float), default=10.0, metavar="S",
+                     help="--reliable: a frame the collector has not acknowledged this long "
+                          "after it was sent is sent again, whatever lost it (default 10)")
     src.add_argument("--window", type=positive(int), default=64, metavar="N",
                      help="--reliable: frames kept until written (memory: N x frame; "
                           "default 64)")
@@ -71,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         origin_timeout_s=args.origin_timeout,
         kernels=args.kernels, geometry=args.geometry, reliable=args.reliable,
         credit=args.credit, window=args.window,
-        collector_restart_s=args.collector_restart or 0.0,
+        collector_restart_s=args.collector_restart or 0.0, stall_timeout_s=args.stall_timeout,
+        resend_after_s=args.resend_after,
         **node_settings(args)))
 
     def stop(signum: int, frame: object) -> None:

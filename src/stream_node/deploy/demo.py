@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from stream_node.links.control import Liveness
@@ -18,6 +23,47 @@ log = logging.getLogger(__name__)
 def role_command(role: str, *args: str, log_level: str = "WARNING") -> list[str]:
     """The command line that starts one role as its own process."""
     return [sys.executable, "-m", "stream_node", "--log-level", log_level, role, *args]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Python's own SIGINT handler raises a KeyboardInterrupt without a message; this one
+    names the signal, and the source hands the name on in its ABORT (the ledger's reason)."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _interrupts_named(here: bool) -> Iterator[None]:
+    """While the body runs (in the main thread only: signals reach no other), SIGINT and
+    SIGTERM raise a KeyboardInterrupt naming the signal; the handlers are restored after."""
+    signals = (signal.SIGINT, signal.SIGTERM) if here else ()
+    previous = {s: signal.signal(s, _interrupt) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _end(procs: list[subprocess.Popen], grace_s: float, term_s: float = 5.0) -> None:
+    """Let the stages finish (after an ABORT they record their ledger and exit; a SIGTERM sent
+    at once could overtake the ABORT and become the ledger's reason), then SIGTERM those still
+    running (they finalise), then kill; another signal meanwhile kills at once."""
+    try:
+        for send, wait_s in ((None, grace_s), (signal.SIGTERM, term_s)):
+            deadline = time.monotonic() + wait_s
+            for proc in procs:
+                if send is not None and proc.poll() is None:
+                    proc.send_signal(send)
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        log.warning("demo: interrupted again: killing the stages")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
 
 
 def run_local_pipeline(
@@ -46,6 +92,10 @@ def run_local_pipeline(
     folder, so several demos can run side by side. Every process started here is ended here.
     `live` shows the run in the terminal (stream_node.ops.live) while it goes; `tap` makes the
     collector publish its newest frames there (for stream_node.subscribe).
+
+    Called from the main thread (`stream-node demo`), the stages run in sessions of their own, so
+    a terminal's Ctrl-C reaches this process alone: the source aborts the run naming the signal,
+    and the stages record that reason with the frames that did not come, then exit.
     """
     from stream_node.ops.live import watching  # rich only when a demo runs
 
@@ -69,27 +119,31 @@ def run_local_pipeline(
                                   "--output", fanin, "--name", f"w{i}", "--index", str(i),
                                   *status(f"w{i}"), *timing, log_level=log_level)
                      for i in range(workers)]
-        procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL) for cmd in commands]
-        try:
-            source = Source(SourceConfig(
-                control=control, data=fanout, workers=workers, frames=frames, shape=shape,
-                dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
-                liveness=liveness, ring_slots=ring_slots,
-                compression=None if compression == "none" else compression, kernels=kernels,
-                status=watched["source"]))
-            with watching(list(watched.values()) if live else []):
-                summary = source.run()
-            # Ring: the frame is generated in its slot and read there; the worker copies it
-            # into its message to the collector (1); the kernel copies it into and out of the
-            # ipc socket and into the page cache (3). Ipc fan-out: zero-copy in user space,
-            # 2 kernel copies per hop and 1 into the page cache.
-            summary.copies_per_frame = "1 + 3 kernel" if fanout.startswith("ring") else (
-                "0 + 5 kernel")
-            for proc in procs:
-                proc.wait(timeout=liveness.peer_timeout_s + 10)
-            return summary
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        # From another thread signals are the caller's business: the stages stay in its
+        # process group, as the caller's Ctrl-C then expects.
+        main = threading.current_thread() is threading.main_thread()
+        procs: list[subprocess.Popen] = []
+        with _interrupts_named(main):
+            try:
+                for cmd in commands:
+                    procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                                  start_new_session=main))
+                source = Source(SourceConfig(
+                    control=control, data=fanout, workers=workers, frames=frames, shape=shape,
+                    dtype=dtype, seed=seed, rate=rate, ready_timeout_s=ready_timeout_s,
+                    liveness=liveness, ring_slots=ring_slots,
+                    compression=None if compression == "none" else compression,
+                    kernels=kernels, status=watched["source"]))
+                with watching(list(watched.values()) if live else []):
+                    summary = source.run()
+                # Ring: the frame is generated in its slot and read there; the worker copies
+                # it into its message to the collector (1); the kernel copies it into and out
+                # of the ipc socket and into the page cache (3). Ipc fan-out: zero-copy in
+                # user space, 2 kernel copies per hop and 1 into the page cache.
+                summary.copies_per_frame = "1 + 3 kernel" if fanout.startswith("ring") else (
+                    "0 + 5 kernel")
+                for proc in procs:
+                    proc.wait(timeout=liveness.peer_timeout_s + 10)
+                return summary
+            finally:
+                _end(procs, liveness.peer_timeout_s)

@@ -77,6 +77,26 @@ class Child:
         # Died of a signal: of ours (e.g. before its handlers were installed), or a crash.
         return int(ExitCode.ABORTED if -code in self.sent else ExitCode.ERROR)
 
+    @property
+    def killed_by(self) -> str | None:
+        """The name of the signal that ended it (Popen's negative returncode), None when it
+        exited: a killed stage has no exit code of its own, and the operator must see the
+        signal (an OOM kill, a kill -9) rather than an "exit code 1" with no error behind it."""
+        code = self.proc.returncode
+        if code is None or code >= 0:
+            return None
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+
+    @property
+    def ended_as(self) -> str:
+        """How it ended, in words, for the log: `exited with code N` or `was killed by ...`."""
+        if self.killed_by is None:
+            return f"exited with code {self.exit_code}"
+        return f"was killed by signal {self.killed_by} (counted as exit code {self.exit_code})"
+
     def signal(self, signum: int) -> None:
         self.sent.add(signum)
         with contextlib.suppress(ProcessLookupError):
@@ -122,7 +142,8 @@ class Launcher:
                 signal.signal(signum, handler)
             os.close(wake_r)
             os.close(wake_w)
-        codes = {c.command.label: c.exit_code for c in self.children}
+        codes = {c.command.label: f"{c.exit_code}" + (f" ({c.killed_by})" if c.killed_by else "")
+                 for c in self.children}
         stages = [c.exit_code for c in self.children if not c.command.auxiliary]
         viewers = [c.exit_code for c in self.children
                    if c.command.auxiliary and c.failed_by_itself]
@@ -233,10 +254,11 @@ class Launcher:
 
     def _ended(self, child: Child) -> None:
         if child.command.auxiliary and not child.failed_by_itself:
-            log.info("run: %s ended (code %d)", child.command.label, child.exit_code)
+            how = f"by {child.killed_by}" if child.killed_by else f"(code {child.exit_code})"
+            log.info("run: %s ended %s", child.command.label, how)
             return
         level = logging.INFO if child.exit_code == 0 else logging.WARNING
-        log.log(level, "run: %s exited with code %d", child.command.label, child.exit_code)
+        log.log(level, "run: %s %s", child.command.label, child.ended_as)
 
     def _stop(self, signum: int) -> None:
         name = signal.Signals(signum).name

@@ -84,7 +84,7 @@ def problem(key: str, action: argparse.Action, value: Any) -> str | None:
         try:
             converted = action.type(as_text(v)) if callable(action.type) else as_text(v)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-            return f"{key} = {v!r}: {exc or 'invalid value'}"
+            return f"{key} = {v!r}: {str(exc) or 'invalid value'}"
         if action.choices is not None and converted not in action.choices:
             return f"{key} = {v!r}: choose from {', '.join(map(str, action.choices))}"
     return None

@@ -128,13 +128,16 @@ class Topology:
                 first = self._first_worker_index(stage)
                 for i in range(stage.count):
                     own = {"name": Setting(f"{node}-w{i}", "topology"),
-                           "index": Setting(first + i, "topology")}
+                           "index": Setting(first + i, "topology"),
+                           "topology": Setting(self.name, "topology")}
                     own.update({key: Setting(nth_bind(setting.value, i), setting.origin)
                                 for key, setting in stage.settings.items() if key in SERVED})
                     out.append(Command(f"{node}/{node}-w{i}", "worker",
                                        self._args(stage, {**stage.settings, **own})))
                 continue
             settings = dict(stage.settings)
+            if stage.kind != "view":  # nodes of another topology file are refused by name
+                settings["topology"] = Setting(self.name, "topology")
             if stage.kind == "source" and self.kernels:
                 settings["kernels"] = Setting(kernels_file or "KERNELS.json", "topology")
             output = None

@@ -247,9 +247,17 @@ def load(path: Path | str, roles: Mapping[str, argparse.ArgumentParser],
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read topology {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TopologyError(path, [Problem(line, (
+            f"not UTF-8 text: byte {raw[exc.start]:#04x} at column {column} "
+            "(TOML files are UTF-8: save the file as UTF-8)"))]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -8,6 +8,8 @@ PUSH round-robin cannot broadcast, so run-wide messages travel here: the source 
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import logging
 import os
 import time
@@ -18,7 +20,7 @@ from typing import Any
 import zmq
 
 from stream_node.links.transport import HandshakeWatch, bind, connect
-from stream_node.model.errors import PeerTimeout, ProtocolError
+from stream_node.model.errors import ExitCode, PeerTimeout, ProtocolError, RunAborted
 from stream_node.model.frame import FrameHeader, MsgType, control_message, decode_body
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,15 @@ def _drain(
         yield identity, header, body
 
 
+def default_topology() -> str:
+    """The topology a node belongs to when nobody names one: its user's, so that two users'
+    runs on the same default ports refuse each other's nodes (`run` names the topology file's)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container): one shared name
+        return ""
+
+
 @dataclass
 class ControlHub:
     """The source's end: answers HELLO with START, tracks READY/DONE, broadcasts END and FINISH."""
@@ -93,10 +104,12 @@ class ControlHub:
     run_id: int
     start_body: dict
     liveness: Liveness = field(default_factory=Liveness)
+    topology: str = field(default_factory=default_topology)  # others' peers are refused
 
     def __post_init__(self) -> None:
         self.peers: dict[bytes, Peer] = {}
         self.rejected = 0
+        self.refused = 0  # HELLOs of another topology
         self.foreign = 0
         self.sock = self.ctx.socket(zmq.ROUTER)
         # A send to a peer that is gone raises instead of vanishing silently.
@@ -156,6 +169,18 @@ class ControlHub:
         if msg_type == MsgType.HELLO:
             peer = Peer(identity, str(body.get("role", "?")), str(body.get("name", identity)),
                         int(body.get("pid", 0)), now)
+            theirs = str(body.get("topology", ""))
+            if theirs != self.topology:  # another user's or topology's node: never one of ours
+                self.refused += 1
+                why = (f"this source's control endpoint {self.endpoint} belongs to topology "
+                       f"{self.topology!r}, the {peer.role} is of {theirs!r} (--topology)")
+                log.warning("control: refused %s %s (pid %d): %s", peer.role, peer.name,
+                            peer.pid, why)
+                with contextlib.suppress(zmq.ZMQError):
+                    self.sock.send_multipart([identity, *control_message(
+                        MsgType.ABORT, self.run_id, {"reason": why,
+                                                     "exit_code": int(ExitCode.CONFIG)})])
+                return None
             self.peers[identity] = peer
             log.info("control: %s %s (pid %d) said hello", peer.role, peer.name, peer.pid)
             self.send(peer, MsgType.START, self.start_body)
@@ -199,7 +224,7 @@ class ControlLink:
     """A worker's or the collector's end: says HELLO, waits for START, keeps the hub in sight."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, role: str, name: str,
-                 liveness: Liveness | None = None) -> None:
+                 liveness: Liveness | None = None, topology: str | None = None) -> None:
         self.endpoint = endpoint
         self.role = role
         self.name = name
@@ -219,7 +244,9 @@ class ControlLink:
             raise
         self._last_heard = time.monotonic()
         self._next_beat = 0.0
-        self.send(MsgType.HELLO, {"role": role, "name": name, "pid": os.getpid()})
+        self.send(MsgType.HELLO, {"role": role, "name": name, "pid": os.getpid(),
+                                  "topology": default_topology() if topology is None
+                                  else topology})
 
     def close(self) -> None:
         self.watch.close()
@@ -243,6 +270,11 @@ class ControlLink:
             if msg is not None and msg.msg_type == MsgType.START:
                 self.run_id = msg.header.run_id
                 return msg.body
+            if msg is not None and msg.msg_type == MsgType.ABORT:  # refused, or ended
+                exc = RunAborted(f"{self.role} {self.name}: the source refused it: "
+                                 f"{msg.body.get('reason')}")
+                exc.exit_code = ExitCode(msg.body.get("exit_code", ExitCode.ABORTED))
+                raise exc
 
     def recv(self, timeout_ms: int) -> Inbound | None:
         """The next message the caller must act on (heartbeats are absorbed), or None."""

@@ -10,11 +10,18 @@ slow worker holds at most its credit, never the run.
 
 Memory: the source holds at most `window` frames (sent but not yet written, or waiting for
 credit); each worker at most its credit.
+
+A frame not ACKed within `resend_after_s` of being sent is sent again, whatever the cause: a
+worker alive on control may still lose frames between itself and the collector (a partition
+that drops its data link, a queue dropped when a ZeroMQ heartbeat closes the link). Only the
+collector's ACK says a frame is safe; the collector writes each id once, so a copy that arrives
+late is counted as a duplicate.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -33,7 +40,7 @@ class CreditOutput:
     """The source's end: a ROUTER that sends a frame only where a worker granted credit."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, limits: LinkLimits, frame_bytes: int,
-                 window: int) -> None:
+                 window: int, resend_after_s: float = 10.0) -> None:
         self.sock = data_socket(ctx, zmq.ROUTER, limits)
         # A send to a worker whose connection is gone raises instead of vanishing silently.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -45,6 +52,10 @@ class CreditOutput:
         self.credit: dict[bytes, int] = {}
         self.parked: dict[bytes, int] = {}  # credit of workers counted lost, for their return
         self.held: dict[int, tuple[bytes, bytes, Any]] = {}  # id -> (worker, header, payload)
+        self.sent_at: dict[int, float] = {}  # id -> when it was (last) sent
+        self.resend_after_s = resend_after_s
+        self.resent = 0  # frames sent again because no ACK came in time
+        self._next_check = 0.0
         self.pending: deque[tuple[int, bytes, Any]] = deque()  # accepted, waiting for credit
         self.lost: set[bytes] = set()
         self.redispatched = 0
@@ -103,6 +114,7 @@ class CreditOutput:
     def acked(self, frame_ids: Iterable[int]) -> None:
         for frame_id in frame_ids:
             self.held.pop(int(frame_id), None)
+            self.sent_at.pop(int(frame_id), None)
 
     def workers_lost(self, identities: Sequence[bytes]) -> None:
         """Send again what the lost workers held; one that comes back takes work again."""
@@ -120,6 +132,7 @@ class CreditOutput:
         if self.sock in events:
             self._take_credits()
         self._on_control()  # also when nothing came: it sends the control heartbeats
+        self._resend_unacked()
         self._dispatch()
 
     # -- inside --------------------------------------------------------------------------
@@ -131,11 +144,30 @@ class CreditOutput:
         again = sorted((fid, h, p) for fid, (w, h, p) in self.held.items() if w == identity)
         for frame_id, _, _ in again:
             del self.held[frame_id]
+            self.sent_at.pop(frame_id, None)
         self.pending.extendleft(reversed(again))
         self.redispatched += len(again)
         if again:
             log.warning("source: worker %s lost (%s): %d frames it held sent again",
                         identity.decode(errors="replace"), why, len(again))
+
+    def _resend_unacked(self) -> None:
+        """Frames sent longer than `resend_after_s` ago and still not ACKed go out again,
+        first in line (checked a few times a second, never per frame)."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + min(0.25, self.resend_after_s / 4)
+        stale = sorted(fid for fid, at in self.sent_at.items() if now - at > self.resend_after_s)
+        if not stale:
+            return
+        for frame_id in stale:
+            del self.sent_at[frame_id]
+        again = [(fid, *self.held.pop(fid)[1:]) for fid in stale]
+        self.pending.extendleft(reversed(again))
+        self.resent += len(again)
+        log.warning("source: %d frames not acknowledged by the collector within %.1f s (%s..%s) "
+                    "sent again", len(again), self.resend_after_s, stale[0], stale[-1])
 
     def _take_credits(self) -> None:
         for _ in range(256):
@@ -175,6 +207,7 @@ class CreditOutput:
                 continue
             self.credit[worker] -= 1
             self.held[frame_id] = (worker, header, payload)
+            self.sent_at[frame_id] = time.monotonic()
 
 
 class CreditInput(PullInput):

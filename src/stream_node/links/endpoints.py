@@ -16,7 +16,8 @@ from stream_node.model.errors import ConfigError
 
 
 def open_output(ctx: zmq.Context, endpoint: str, limits: LinkLimits, frame_bytes: int,
-                ring_slots: int, reliable_window: int = 0) -> FrameOutput:
+                ring_slots: int, reliable_window: int = 0,
+                resend_after_s: float = 10.0) -> FrameOutput:
     """`reliable_window` > 0: credit-based dispatch that sends a lost worker's frames again
     (stream_node.links.credit); a ring already gives a dead member's frames to another."""
     name = ring_name(endpoint)
@@ -27,7 +28,7 @@ def open_output(ctx: zmq.Context, endpoint: str, limits: LinkLimits, frame_bytes
                               "to another")
         return RingOutput(name, ring_slots, frame_bytes)
     if reliable_window:
-        return CreditOutput(ctx, endpoint, limits, frame_bytes, reliable_window)
+        return CreditOutput(ctx, endpoint, limits, frame_bytes, reliable_window, resend_after_s)
     return PushOutput(ctx, endpoint, limits, frame_bytes)
 
 

@@ -49,6 +49,17 @@ class LinkLimits:
         return ((self.sndhwm + self.rcvhwm + 2) * max_frame_bytes
                 + 2 * (self.sndbuf + self.rcvbuf))
 
+    def check_fits(self, payload_bytes: int, what: str) -> None:
+        """ConfigError naming --max-message when a payload of `payload_bytes` cannot pass this
+        link: ZeroMQ would drop such a message and disconnect its sender, with nothing said,
+        and the run would stall. Checked when START gives the frame size, before frame 0."""
+        if payload_bytes > self.max_message_bytes:
+            need = -(-payload_bytes // MiB)
+            raise ConfigError(
+                f"{what} can be {payload_bytes / MiB:.1f} MiB, more than this node's "
+                f"--max-message {self.max_message_bytes / MiB:.0f}MiB: give every node "
+                f"--max-message {need}MiB or more (memory per link: see --help)")
+
     def describe(self, max_frame_bytes: int) -> str:
         return (
             f"link memory bound ~{self.bound_bytes(max_frame_bytes) / MiB:.0f} MiB "

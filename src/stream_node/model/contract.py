@@ -20,6 +20,12 @@ from stream_node.model.errors import ConfigError, ProtocolError
 from stream_node.model.frame import Encoding, FrameHeader, dtype_code
 from stream_node.model.instrument import Instrument
 
+# Frame ids of a run whose length nobody said (a detector stream without its count): an id
+# more than this beyond the highest one so far is a protocol error, not a reason to allocate
+# records, chunks and ledger entries for every id in between. 2**20 matches the UDP receiver's
+# SN_UDP_MAX_JUMP: at 2 kHz, over eight minutes of frames lost in a row.
+MAX_ID_JUMP = 1 << 20
+
 
 def frame_nbytes(shape: Sequence[int], dtype: np.dtype | str | type) -> int:
     """Bytes of one raw frame; Python integers, so no shape can overflow the product."""
@@ -38,6 +44,13 @@ class FrameGeometry:
     def nbytes(self) -> int:
         """Bytes of one raw frame (a compressed one is smaller, or a few bytes larger)."""
         return frame_nbytes(self.shape, self.dtype)
+
+    @property
+    def largest_payload(self) -> int:
+        """The most bytes a frame's payload can have: a compressed chunk never grows past
+        the raw frame by more than bitshuffle/LZ4's block overhead and its header."""
+        raw = self.nbytes
+        return raw if self.encoding == Encoding.RAW else raw + raw // 1024 + 64
 
     def to_wire(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "dtype": str(self.dtype),
@@ -112,9 +125,11 @@ class RunContract:
         """The largest raw frame a worker handles: what it receives or what it sends on."""
         return max(self.input.nbytes, self.output.nbytes)
 
-    def frame_problem(self, header: FrameHeader, nbytes: int) -> str | None:
+    def frame_problem(self, header: FrameHeader, nbytes: int,
+                      highest: int = -1) -> str | None:
         """Why a frame admitted on a link (see `stream_node.stages.admission`) does not belong
-        in this run's file, or None when it does."""
+        in this run's file, or None when it does; `highest` is the highest index written so
+        far (a run of unknown length takes ids up to MAX_ID_JUMP beyond it)."""
         out = self.output
         if header.shape != out.shape or header.dtype_code != dtype_code(out.dtype):
             return (f"shape {header.shape} dtype code {header.dtype_code} differ from the run's "
@@ -127,6 +142,9 @@ class RunContract:
         if index < 0 or (self.frames is not None and index >= self.frames):
             last = "" if self.frames is None else self.first_frame_id + self.frames - 1
             return f"id outside the run's ids {self.first_frame_id}..{last}"
+        if self.frames is None and index > max(highest, 0) + MAX_ID_JUMP:
+            return (f"id {header.frame_id} jumps more than {MAX_ID_JUMP} beyond the highest "
+                    "written so far")
         return None
 
     def to_wire(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
 
 
@@ -86,3 +87,10 @@ class KernelError(StreamNodeError):
         self.kernel = kernel
         self.frame_id = frame_id
         self.reason = message
+
+
+def brief(exc: Exception) -> str:
+    """HDF5's message without its multi-line dump of buffers and offsets."""
+    text = str(exc).split(" (", 1)[0]
+    errno = getattr(exc, "errno", None)
+    return f"{text} ({os.strerror(errno)})" if errno else text

@@ -38,6 +38,10 @@ EVENTS = {
     "partial": ("partial_frames", "Frames written with some of their data missing"),
     "bytes_stored": ("stored_bytes", "Bytes written to disk, after compression"),
 }
+# Levels that travel among the counters but go up and down: exported as gauges.
+LEVELS = {
+    "in_flight": ("in_flight_frames", "Frames sent and not yet acknowledged (reliable mode)"),
+}
 
 class SnapshotCollector:
     """A prometheus_client collector that turns one status snapshot into metric families."""
@@ -77,7 +81,13 @@ class SnapshotCollector:
                     family.add_metric([*values, direction], counters[f"{unit}_{direction}"])
             yield family
         for key, value in sorted(counters.items()):
-            if key not in DIRECTED:
+            # None: a value this node does not keep in its mode (the source's in_flight
+            # without --reliable); a sample of None would fail the whole scrape.
+            if key in DIRECTED or value is None:
+                continue
+            if key in LEVELS:
+                yield from gauge(*LEVELS[key], value)
+            else:
                 name, doc = EVENTS.get(key, (key, key.replace("_", " ").capitalize()))
                 family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=names)
                 family.add_metric(values, value)

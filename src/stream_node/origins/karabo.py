@@ -37,6 +37,7 @@ from stream_node.origins.received import (
     ProtocolFault,
     ReceivedOrigin,
     SeriesOver,
+    split_options,
     swap_out,
 )
 
@@ -234,14 +235,22 @@ class KaraboOrigin(ReceivedOrigin):
     protocol = "karabo"
 
     def __init__(self, address: str, options: OriginOptions) -> None:
-        pattern = address.partition("?")[2]
-        chosen = dict(kv.split("=", 1) for kv in pattern.split("&") if "=" in kv)
-        if chosen.get("pattern", "req") not in PATTERNS:
+        # Read before the base makes the socket: the pattern decides its type, and a bad
+        # value must fail with nothing to close. A pattern is a word (PULL as well as pull).
+        chosen = split_options(address)[1]
+        self.pattern = chosen.get("pattern", "req").lower()
+        if self.pattern not in PATTERNS:
             raise ConfigError(f"karabo: pattern={chosen['pattern']!r}: use req, pull or sub")
-        self.pattern = chosen.get("pattern", "req")
         self.socket_type = PATTERNS[self.pattern]
+        trains = chosen.get("trains", str(options.frames))
+        try:
+            self.trains = int(trains)
+        except ValueError:
+            self.trains = 0
+        if self.trains < 1:
+            raise ConfigError(f"karabo: trains={trains!r}: use a whole number > 0 (the trains "
+                              "the run takes), e.g. ?trains=1000")
         super().__init__(address, options, known=("pattern", "source", "path", "trains"))
-        self.trains = int(self.opts.get("trains", options.frames))
         self.asked = False
         if self.pattern == "sub":
             self.sock.setsockopt(zmq.SUBSCRIBE, b"")

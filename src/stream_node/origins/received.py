@@ -11,6 +11,7 @@ recorded missing with the reason, so the file's ledger says what the detector fa
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import abstractmethod
 from collections import Counter
@@ -24,7 +25,7 @@ import zmq
 
 from stream_node.kernels import compression
 from stream_node.links.base import FrameOutput
-from stream_node.model.contract import frame_nbytes
+from stream_node.model.contract import MAX_ID_JUMP, frame_nbytes
 from stream_node.model.errors import ConfigError, PeerTimeout, ProtocolError
 from stream_node.model.frame import Encoding, FrameHeader, MsgType, dtype_code
 from stream_node.origins import chunks
@@ -111,7 +112,7 @@ class ReceivedOrigin(Origin):
         if unknown:
             raise ConfigError(f"{self.protocol} endpoint {address!r}: unknown option(s) "
                               f"{sorted(unknown)}; known: {', '.join((*common, *known))}")
-        self.timeout_s = float(self.opts.get("timeout", options.timeout_s))
+        self.timeout_s = self.seconds("timeout", options.timeout_s)
         # header: the source checks each chunk's header, the workers walk its blocks (the
         # walk is most of a compressed frame's cost here, and workers scale out); structure:
         # the source walks too; full: it also decodes every frame once.
@@ -148,6 +149,21 @@ class ReceivedOrigin(Origin):
         if value not in ("0", "1", "true", "false", "yes", "no"):
             raise ConfigError(f"{self.protocol}: {name}={value!r}: use 1 or 0")
         return value in ("1", "true", "yes")
+
+    def seconds(self, name: str, default: float) -> float:
+        """A duration endpoint option (`?name=S`): a typo must name the option, not end in a
+        ValueError, and a wait of 0 s, < 0 or nan would end the run before the detector spoke."""
+        if name not in self.opts:
+            return default
+        text = self.opts[name]
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{self.protocol}: {name}={text!r}: use a number of seconds > 0, "
+                              f"e.g. ?{name}=30")
+        return value
 
     def _connect(self) -> None:
         try:
@@ -201,8 +217,14 @@ class ReceivedOrigin(Origin):
             self.missing.setdefault(fid, reason)
 
     def _in_run(self, frame_id: int) -> bool:
-        return frame_id >= self.first_id and (
-            self.count is None or frame_id < self.first_id + self.count)
+        """An id of this series: inside its count, or, when the detector did not say how many,
+        at most MAX_ID_JUMP beyond the highest so far (an absurd id is a fault, never a
+        reason to wait for or record every id up to it)."""
+        if frame_id < self.first_id:
+            return False
+        if self.count is not None:
+            return frame_id < self.first_id + self.count
+        return frame_id <= max(self.highest, self.first_id) + MAX_ID_JUMP
 
     # -- frames --------------------------------------------------------------------------------
 
@@ -212,7 +234,8 @@ class ReceivedOrigin(Origin):
 
     def check_id(self, frame_id: int, where: str) -> None:
         if not self._in_run(frame_id):
-            last = "" if self.count is None else f"..{self.first_id + self.count - 1}"
+            last = (f"..{self.first_id + self.count - 1}" if self.count is not None else
+                    f".. (at most {MAX_ID_JUMP} beyond the highest so far, {self.highest})")
             raise ProtocolFault("out_of_range", f"{where}: frame {frame_id} is outside the "
                                 f"series' frames {self.first_id}{last}")
         if frame_id in self.received:

@@ -42,8 +42,12 @@ class SyntheticDetector:
             raise ConfigError(f"frames need at least 8 bytes to carry their id, got {self.nbytes}")
         if pool < 1 or mean_photons < 0:
             raise ConfigError("pool must be >= 1 and mean_photons >= 0")
-        rng = np.random.default_rng(seed)
-        self._pool = [rng.poisson(mean_photons, self.shape).astype(self.dtype) for _ in range(pool)]
+        # Drawn on first use, in order (so the bytes are those of drawing all at once): a run
+        # of a few huge frames draws only the images it uses (seconds per 100-megapixel one).
+        self._rng = np.random.default_rng(seed)
+        self._mean = mean_photons
+        self._size = pool
+        self._pool: list[np.ndarray] = []
 
     @property
     def nbytes(self) -> int:
@@ -53,11 +57,23 @@ class SyntheticDetector:
         """The frame with this id, written into `out` when given (no allocation)."""
         if out is None:
             out = np.empty(self.shape, self.dtype)
-        np.copyto(out, self._pool[(frame_id * _SPREAD) % len(self._pool)])
+        np.copyto(out, self._image((frame_id * _SPREAD) % self._size))
         out.reshape(-1).view(np.uint8)[:8] = np.frombuffer(
             int(frame_id).to_bytes(8, "little"), np.uint8
         )
         return out
+
+    def draw(self, frame_ids: range) -> None:
+        """Draw now the pool images these frames use: a source does it before its control
+        plane is up, so drawing (seconds for a huge frame) never delays a heartbeat."""
+        used = {(i * _SPREAD) % self._size for i in frame_ids[: 4 * self._size]}
+        if used:
+            self._image(max(used))
+
+    def _image(self, k: int) -> np.ndarray:
+        while len(self._pool) <= k:
+            self._pool.append(self._rng.poisson(self._mean, self.shape).astype(self.dtype))
+        return self._pool[k]
 
     def frames(self, count: int, first: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """(frame_id, array) for `count` frames; each array is new, so it may be sent zero-copy."""
@@ -81,6 +97,7 @@ class SyntheticOrigin(GeneratedOrigin):
         self.detector = SyntheticDetector(options.shape, options.dtype, options.seed)
         self.shape, self.dtype = self.detector.shape, self.detector.dtype
         self.count = options.frames
+        self.detector.draw(range(self.first_id, self.first_id + self.count))
 
     def metadata(self) -> dict[str, Any]:
         return {"source": "synthetic:", "seed": self.options.seed,

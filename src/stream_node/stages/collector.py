@@ -16,9 +16,9 @@ from typing import Any
 
 import zmq
 
-from stream_node.links.control import ControlLink, Liveness
+from stream_node.links.control import ControlLink, Liveness, default_topology
 from stream_node.links.transport import LinkLimits, bind, data_socket, recv_parts
-from stream_node.model.contract import RunContract
+from stream_node.model.contract import FrameGeometry, RunContract
 from stream_node.model.errors import (
     ExitCode,
     ProtocolError,
@@ -62,6 +62,7 @@ class CollectorConfig:
     metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
     tap: str | None = None  # endpoint to publish the newest written frames on (live view)
     tap_rate: float = 10.0  # frames/s the tap publishes at most
+    topology: str = field(default_factory=default_topology)  # peers of another are refused
 
 
 class Collector:
@@ -79,7 +80,8 @@ class Collector:
     def run(self) -> dict[str, Any]:
         """Collect one run; returns the summary also sent to the source in DONE."""
         cfg = self.cfg
-        link = ControlLink(self.ctx, cfg.control, "collector", cfg.name, cfg.liveness)
+        link = ControlLink(self.ctx, cfg.control, "collector", cfg.name, cfg.liveness,
+                           cfg.topology)
         pull = data_socket(self.ctx, zmq.PULL, cfg.limits)
         status = serve_status(self.ctx, cfg.status, cfg.metrics_port, self.status)
         try:
@@ -97,16 +99,17 @@ class Collector:
             try:
                 self._collect(link, pull)
             except StorageError as exc:
-                # The file cannot take more: say so and close it. No more writes are tried (the
-                # ledger included): what the last flush recorded stays valid and readable.
+                # The file cannot take more: no more writes to it are tried (its ledger
+                # included), so what the last flush recorded stays valid and readable; the
+                # frames it does not hold go to the sidecar ledger, and the message says which.
+                exc = self._abandon(exc)
                 link.send(MsgType.ABORT, {"reason": str(exc), "exit_code": int(exc.exit_code)})
-                assert self.writer is not None
-                self.writer.abandon()
-                raise
+                raise exc from None
             except (StreamNodeError, KeyboardInterrupt) as exc:
-                reason = f"run ended early: {exc or type(exc).__name__}"
+                reason = f"run ended early: {str(exc) or type(exc).__name__}"
                 if isinstance(exc, KeyboardInterrupt):  # stopped here: the source must know
-                    link.send(MsgType.ABORT, {"reason": f"collector stopped ({exc or 'SIGINT'})",
+                    cause = str(exc) or "SIGINT"
+                    link.send(MsgType.ABORT, {"reason": f"collector stopped ({cause})",
                                               "exit_code": int(ExitCode.ABORTED)})
                 self._finish(link, reason, {})
                 raise
@@ -151,6 +154,8 @@ class Collector:
         self._acks: list[int] | None = [] if run.dispatch.reliable else None
         self._expected = -1 if run.frames is None else run.frames
         self._frame_bytes = run.output.nbytes
+        output = FrameGeometry(run.output.shape, run.output.dtype, run.encoding)
+        self.cfg.limits.check_fits(output.largest_payload, "a frame for the collector")
         metadata = {"run_id": run_id, "run_id_hex": f"{run_id:#018x}", "start": start,
                     "configuration": {"drain_timeout_s": self.cfg.drain_timeout_s,
                                       "flush_interval_s": self.cfg.flush_interval_s,
@@ -226,7 +231,9 @@ class Collector:
             self._acks.append(header.frame_id)
         if header.flags & FLAG_FAILED:
             return self._failure(header, parts[1])
-        problem = self.contract.frame_problem(header, header.payload_bytes)
+        assert self.writer is not None
+        problem = self.contract.frame_problem(header, header.payload_bytes,
+                                              self.writer.last_index)
         if problem:
             self.drops.drop("invalid", f"frame {header.frame_id}: {problem}")
             return False
@@ -338,6 +345,17 @@ class Collector:
         if held:
             signal.raise_signal(held[0])
 
+    def _abandon(self, exc: StorageError) -> StorageError:
+        """Give up the file after `exc` (once): every frame of the run it does not durably
+        hold is recorded with its reason in the sidecar ledger; the error, one line, then says
+        which frames stay readable and where the others are recorded."""
+        writer = self.writer
+        if writer is None or writer.abandoned:
+            return exc
+        reasons = {**self._failed, **getattr(self, "_missing_reasons", {})}
+        note = writer.abandon(self._count(), reasons)
+        return StorageError(f"{exc}; {note}")
+
     def _write_ledger(self, link: ControlLink, early_reason: str | None, final: dict) -> None:
         if early_reason is not None:
             self._drain_result(early_reason)
@@ -351,7 +369,9 @@ class Collector:
                        for i, bits in (end.get("partial") or {}).items()}
             self.writer.finalize(count, self._missing_reasons, self._live_counters(), final,
                                  per_frame, partial)
-        finally:
+        except StorageError as exc:
+            raise self._abandon(exc) from None
+        finally:  # nothing left to close once abandoned
             self.writer.close()
         log.info("collector: %s closed: %d frames written, %d missing", self.cfg.path,
                  self.writer.frames_written, len(self._missing_reasons))

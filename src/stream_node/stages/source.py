@@ -18,7 +18,7 @@ import zmq
 from stream_node._version import __version__
 from stream_node.links import security
 from stream_node.links.base import ring_name
-from stream_node.links.control import ControlHub, Inbound, Liveness, Peer
+from stream_node.links.control import ControlHub, Inbound, Liveness, Peer, default_topology
 from stream_node.links.counted import counted, output_counters
 from stream_node.links.credit import CreditOutput
 from stream_node.links.endpoints import open_output
@@ -57,10 +57,13 @@ class SourceConfig:
     window: int = 64  # reliable mode: frames the source keeps until the collector wrote them
     collector_restart_s: float = 0.0  # wait this long for a lost collector to come back
     ready_timeout_s: float = 30.0
+    stall_timeout_s: float = 60.0  # a frame no live worker takes for this long ends the run
+    resend_after_s: float = 10.0  # reliable mode: a frame not ACKed this long is sent again
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
     status: str | None = None  # endpoint to answer status requests on (stream-node status)
     metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
+    topology: str = field(default_factory=default_topology)  # peers of another are refused
 
 
 @dataclass
@@ -108,8 +111,11 @@ class RunSummary:
         ]
         dropped = {k: v for k, v in self.dropped.items() if v}
         lines.append(f"dropped    {dropped or 0}")
+        # Names padded to the longest plus a space (4 at least: "w0  8 frames"), so a long
+        # name (a topology's "local-w0") never runs into its count.
+        width = max([4, *(len(name) + 1 for name in self.workers)])
         for name, rep in sorted(self.workers.items()):
-            lines.append(f"worker {name:<4}{rep.get('frames', '?')} frames, "
+            lines.append(f"worker {name:<{width}}{rep.get('frames', '?')} frames, "
                          f"{rep.get('stalls', 0)} stalls, dropped {rep.get('dropped') or 0}")
         return "\n".join(lines)
 
@@ -215,7 +221,8 @@ class Source:
             "counters": {"frames_out": counters["frames_out"], "bytes_out": counters["bytes_out"],
                          "stalls": self.stalls,
                          # reliable mode: frames sent again after their worker was lost
-                         "retries": self._credit.redispatched if self._credit else 0,
+                         "retries": (self._credit.redispatched + self._credit.resent
+                                     if self._credit else 0),
                          "in_flight": self._credit.in_window() if self._credit else None},
             "dropped": {}, "ring": counters["ring"], "queue_depth": None,
             "workers_ready": sum(p.ready for p in list(hub.peers.values()) if
@@ -233,11 +240,12 @@ class Source:
                               f"{self.cfg.data} (workers then forward over tcp)")
         # The data output exists before the hub answers HELLO, so a worker told START finds it.
         raw = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.origin.frame_bytes,
-                          self.cfg.ring_slots, self.cfg.window if self.cfg.reliable else 0)
+                          self.cfg.ring_slots, self.cfg.window if self.cfg.reliable else 0,
+                          self.cfg.resend_after_s)
         out = self._out = counted(raw)
         try:
             hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
-                             self.cfg.liveness)
+                             self.cfg.liveness, self.cfg.topology)
         except BaseException:
             out.close()
             raise
@@ -315,6 +323,14 @@ class Source:
         if len(hub.lost("worker")) == len(workers):
             raise PeerTimeout(f"source: no worker took a frame for {timeout:.1f} s and none is "
                               f"alive ({len(workers)} known): frames {self.sent}.. not sent")
+        waited = time.monotonic() - stall.since
+        if waited >= self.cfg.stall_timeout_s:  # alive, yet nothing moves: never wait forever
+            alive = sorted(p.name for p in workers if p not in hub.lost("worker"))
+            raise PeerTimeout(
+                f"source: no frame could be handed on for {waited:.0f} s (--stall-timeout) "
+                f"although worker(s) {', '.join(alive)} are alive: frames {self.sent}.. not "
+                f"sent. Is each worker's --input this source's --data {self.cfg.data}? Is the "
+                "collector writing (stream-node status shows which stage is stuck)?")
 
     def _handle(self, hub: ControlHub, msgs: list[Inbound]) -> None:
         if self._credit is not None:
@@ -406,9 +422,11 @@ class Source:
 
     def _report(self) -> dict[str, Any]:
         report = {"frames_sent": self.sent, "stalls": self.stalls,
-                  "origin": self.emitted.counters, "refused_peers": security.refused()}
+                  "origin": self.emitted.counters, "refused_peers": security.refused() + (
+                      self._hub.refused if self._hub else 0)}
         if self._credit is not None:
             report["redispatched"] = self._credit.redispatched
+            report["resent_unacked"] = self._credit.resent
             report["rejected"] = self._credit.rejected
         return report
 

@@ -15,8 +15,8 @@ import numpy as np
 import zmq
 
 from stream_node.kernels import compression
-from stream_node.links.base import FrameInput
-from stream_node.links.control import ControlLink, Liveness
+from stream_node.links.base import FrameInput, ring_name
+from stream_node.links.control import ControlLink, Liveness, default_topology
 from stream_node.links.endpoints import open_input
 from stream_node.links.transport import HandshakeWatch, LinkLimits, connect, data_socket, send_frame
 from stream_node.model.contract import RunContract
@@ -50,6 +50,7 @@ class WorkerConfig:
     limits: LinkLimits = field(default_factory=LinkLimits)
     status: str | None = None  # endpoint to answer status requests on (stream-node status)
     metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
+    topology: str = field(default_factory=default_topology)  # peers of another are refused
 
 
 class Worker:
@@ -95,7 +96,8 @@ class Worker:
     def run(self) -> dict[str, Any]:
         """Serve one run until the source says FINISH; returns this worker's counters."""
         cfg = self.cfg
-        link = self._link = ControlLink(self.ctx, cfg.control, "worker", cfg.name, cfg.liveness)
+        link = self._link = ControlLink(self.ctx, cfg.control, "worker", cfg.name, cfg.liveness,
+                                             cfg.topology)
         push = data_socket(self.ctx, zmq.PUSH, cfg.limits)
         status = serve_status(self.ctx, cfg.status, cfg.metrics_port, self.status)
         watch_out = HandshakeWatch(push)
@@ -103,6 +105,13 @@ class Worker:
         try:
             connect(push, cfg.output, "collector's input")
             run = RunContract.from_wire(link.wait_start(cfg.ready_timeout_s))
+            try:
+                if not any(ring_name(e) for e in cfg.inputs):
+                    cfg.limits.check_fits(run.input.largest_payload, "a frame from the source")
+            except StreamNodeError as exc:  # the source ends the run with this reason
+                link.send(MsgType.ABORT, {"reason": f"worker {cfg.name}: {exc}",
+                                          "exit_code": int(exc.exit_code)})
+                raise
             self.out_shape, self.out_dtype = run.output.shape, run.output.dtype
             # Opened after START: the source says how frames are dispatched.
             credit = None

@@ -8,13 +8,19 @@ import numpy as np
 
 from stream_node.model.errors import ConfigError
 from stream_node.storage.nexus import missing_nxmx
-from stream_node.storage.reader import _plain, open_run
+from stream_node.storage.reader import _plain, finished, merged_missing, open_run
 
 MAX_LISTED = 20
 
 
 def describe(path: str | Path) -> str:
     """A human summary: frames, missing ids with reasons, compression, rates, metadata."""
+    return inspect_run(path)[0]
+
+
+def inspect_run(path: str | Path) -> tuple[str, bool]:
+    """The summary, and whether the run is complete: finalised, with no frame missing by the
+    file's ledger or its sidecar ledger (`stream-node inspect` exits 3 when it is not)."""
     try:
         f = open_run(path)
     except OSError as exc:
@@ -38,7 +44,15 @@ def describe(path: str | Path) -> str:
         raw = data.size * data.dtype.itemsize
         lines.append(f"frames           {data.shape[0]} x {data.shape[1:]} {data.dtype}"
                      + (" (virtual: rotated files)" if data.is_virtual else ""))
-        received = entry["frames/received"][()].astype(bool) if "frames" in entry else None
+        try:
+            missing, side = merged_missing(f)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        received = listed = None
+        if "frames" in entry:
+            ids = entry["frames/frame_id"][()]
+            listed = np.isin(ids, np.fromiter(missing, np.uint64, len(missing)))
+            received = entry["frames/received"][()].astype(bool)
         if received is not None:
             lines.append(f"written          {int(received.sum())} of {len(received)}")
             stamps = entry["frames/timestamp_ns"][()][received]
@@ -55,14 +69,21 @@ def describe(path: str | Path) -> str:
                 filters = ", ".join(str(k) for k in data._filters) or "none"
                 lines.append(f"compression      {ratio:.2f}x (filters: {filters}; "
                              f"{stored / 2**20:.1f} MiB stored)")
-        if "missing/frame_id" in entry:
-            ids = entry["missing/frame_id"][()]
-            reasons = [_plain(r) for r in entry["missing/reason"][()]]
-            lines.append(f"missing          {len(ids)}")
-            for i, reason in list(zip(ids.tolist(), reasons, strict=True))[:MAX_LISTED]:
-                lines.append(f"  {i}: {reason}")
-            if len(ids) > MAX_LISTED:
-                lines.append(f"  ... and {len(ids) - MAX_LISTED} more")
+        done = finished(f)
+        lines.append(f"missing          {len(missing)}")
+        for i, reason in list(missing.items())[:MAX_LISTED]:
+            lines.append(f"  {i}: {reason}")
+        if len(missing) > MAX_LISTED:
+            lines.append(f"  ... and {len(missing) - MAX_LISTED} more")
+        if side is not None:
+            lines.append(f"ledger           {side['path']} (the file could not take it: "
+                         f"{side.get('error')})")
+        if not done:
+            unaccounted = "" if received is None or listed is None else (
+                f"; {int((~received & ~listed).sum())} frames are neither in it nor in a "
+                "ledger")
+            lines.append("unfinished       the collector never finalised this file (killed, "
+                         f"or its disk failed){unaccounted}")
         gone = missing_nxmx(entry)
         if gone:
             lines.append(f"NXmx fields missing ({len(gone)}; give the source --geometry FILE):")
@@ -73,4 +94,4 @@ def describe(path: str | Path) -> str:
                               np.asarray(counters[()]).tolist(), strict=True))
             nonzero = {k: v for k, v in values.items() if v}
             lines.append(f"counters         {nonzero}")
-    return "\n".join(lines)
+    return "\n".join(lines), done and not missing

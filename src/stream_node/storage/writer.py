@@ -24,10 +24,16 @@ Every object exists before the file switches to SWMR, and afterwards only datase
 sizes change: analysis code can open it with `swmr=True` and read frames while the run goes on.
 `flush()` (every `flush_interval_s` from the collector) makes what was written durable and
 visible, so a crash loses at most that interval and the file stays valid.
+
+One writer per file: `<file>.lock` is flock'ed for the writer's lifetime, before the file is
+created, truncated or reopened (`FileLock`). After a failed write the file is left as its last
+flush made it, and every frame it does not durably hold goes to the sidecar ledger
+`<file>.missing.json` (`RunWriter.abandon`), which `read_run` and `stream-node inspect` merge.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -42,9 +48,19 @@ import numpy as np
 
 from stream_node.kernels.compression import hdf5_filter
 from stream_node.model.contract import frame_nbytes
-from stream_node.model.errors import ConfigError, OutputExistsError, StorageError
+from stream_node.model.errors import ConfigError, OutputExistsError, StorageError, brief
 from stream_node.model.instrument import Instrument
+from stream_node.storage.ledger import (
+    LEDGER_KIND,
+    id_ranges,
+    ledger_path,
+    read_ledger,
+    spell,
+    write_ledger,
+)
+from stream_node.storage.lock import LEDGER_RESERVE, FileLock
 from stream_node.storage.nexus import finish_axes, now, write_entry
+from stream_node.storage.reader import open_run
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +79,6 @@ FORMAT_VERSION = "1.1"  # stream-node's own layout, /entry/stream_node@format_ve
 RECORDS = (("timestamp_ns", np.uint64, 0), ("arrival_ns", np.uint64, 0), ("worker", np.int32, -1),
            ("received", np.uint8, 0), ("flags", np.uint32, 0), ("parts", np.uint32, 0))
 _GROW = 4096
-
-
-def _brief(exc: Exception) -> str:
-    """HDF5's message without its multi-line dump of buffers and offsets."""
-    text = str(exc).split(" (", 1)[0]
-    errno = getattr(exc, "errno", None)
-    return f"{text} ({os.strerror(errno)})" if errno else text
 
 
 def _reason_bytes(reason: str) -> bytes:
@@ -128,24 +137,93 @@ class RunWriter:
         size = max(expected_frames, 0)
         self._rec = {name: np.full(size, fill, dtype) for name, dtype, fill in RECORDS}
         self._received = self._rec["received"]
+        self._flushed = np.zeros(size, np.uint8)  # received as of the last complete flush
         self._dirty_lo, self._dirty_hi = size, 0  # per-frame records not yet in the file
         self._data_files: dict[int, h5py.File] = {}
         self._made: set[int] = set()  # data files created by this run (reopened, not refused)
         self._closed = False
         self.abandoned = False
-        self.resumed = resume and self.path.exists()
-        self._file = self._reopen(self.path) if self.resumed else self._create(self.path)
+        self.failure: str | None = None  # what the file refused, once it did
+        self._flags_unsure = False  # a flush failed while writing the received flags
+        self.run_id = (metadata or {}).get("run_id")
+        # Before anything opens, truncates or reopens the file: one writer per file.
+        self._lock = FileLock(self.path)
         try:
+            self.resumed = resume and self.path.exists()
             if self.resumed:
-                self._load((metadata or {}).get("run_id"))
+                self._resume(size)
             else:
-                self._layout(size, metadata or {}, detector or {})
-            self._file.swmr_mode = True
+                self._room()
+                self._file = self._create(self.path)
+                try:
+                    self._forget_ledger()
+                    self._layout(size, metadata or {}, detector or {})
+                    self._file.swmr_mode = True
+                except BaseException:
+                    self._file.close()
+                    raise
         except BaseException:
-            self._file.close()
+            self._lock.release()
             raise
 
     # -- creation ----------------------------------------------------------------------------
+
+    def _room(self) -> None:
+        """A disk without room for the ledger's reserve has none for a run either: refuse now,
+        while every frame can still be accounted for."""
+        exc = self._lock.room_error
+        if exc is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(f"no room for {self.path}: its disk cannot give even "
+                               f"{LEDGER_RESERVE >> 10} KiB ({os.strerror(exc.errno)}): free "
+                               "space, or choose another --file")
+
+    def _forget_ledger(self) -> None:
+        """A sidecar ledger left by the run this file held before would be merged into this
+        run's: it goes with the old file."""
+        try:
+            ledger_path(self.path).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot remove the old ledger {ledger_path(self.path)} of the "
+                               f"file being replaced: {brief(exc)}") from None
+
+    def _resume(self, size: int) -> None:
+        """Reopen the file of a collector of this run that died. If that fails, the frames the
+        file lacks would be in no ledger (the file gets its own only at the end): they go to
+        the sidecar ledger, and the error says so."""
+        try:
+            self._room()
+            self._file = self._reopen(self.path)
+            try:
+                self._load(self.run_id)
+                self._file.swmr_mode = True
+            except BaseException:
+                self._file.close()
+                raise
+        except (StorageError, ConfigError, OSError) as exc:
+            if not isinstance(exc, StorageError | ConfigError):
+                exc = StorageError(f"cannot resume {self.path}: {brief(exc)}")
+            note = self._unresumable(str(exc), size)
+            raise type(exc)(f"{exc}; {note}" if note else str(exc)) from None
+
+    def _unresumable(self, error: str, size: int) -> str:
+        """Account for the frames the file of this run lacks, read from it as it is; nothing
+        for another run's file (refused, and not ours to speak for)."""
+        try:
+            with open_run(self.path) as f:
+                entry = f["entry"]
+                if entry.attrs.get("run_id") != self.run_id:
+                    return ""  # another run's file: not ours to account for
+                received = entry["frames/received"][()].astype(np.uint8)
+        except (OSError, KeyError) as exc:
+            return (f"its records cannot be read either ({brief(exc)}), so no ledger of the "
+                    "frames it lacks was written")
+        count = size or len(received)
+        durable = np.zeros(count, np.uint8)
+        durable[: min(count, len(received))] = received[:count]
+        self.failure = error
+        reason = (f"not in the file: a collector of the run stopped before flushing it, and the "
+                  f"restarted one could not resume the file ({error})")
+        return self._account(durable, durable, count, {}, reason, reason)
 
     def _create(self, path: Path) -> h5py.File:
         if path.exists() and not self.overwrite:
@@ -166,7 +244,7 @@ class RunWriter:
             return h5py.File(path, "r+", libver=self.libver)
         except OSError as exc:
             if "h5clear" not in str(exc):
-                raise StorageError(f"cannot reopen {path} to resume: {_brief(exc)}") from None
+                raise StorageError(f"cannot reopen {path} to resume: {brief(exc)}") from None
         h5clear = shutil.which("h5clear")
         if h5clear is None:
             raise ConfigError(f"{path} was left open by a collector that died; resuming needs "
@@ -177,7 +255,7 @@ class RunWriter:
         try:
             return h5py.File(path, "r+", libver=self.libver)
         except OSError as exc:
-            raise StorageError(f"cannot reopen {path} to resume: {_brief(exc)}") from None
+            raise StorageError(f"cannot reopen {path} to resume: {brief(exc)}") from None
 
     def _load(self, run_id: Any) -> None:
         """Take up a run's file where its last flush left it: what it flagged received is
@@ -193,6 +271,7 @@ class RunWriter:
         frames = entry["frames"]
         self._rec = {name: frames[name][:].astype(dtype) for name, dtype, _ in RECORDS}
         self._received = self._rec["received"]
+        self._flushed = self._received.copy()
         self._dirty_lo, self._dirty_hi = self.capacity, 0
         if self.frames_per_file:
             n = self.frames_per_file
@@ -321,6 +400,9 @@ class RunWriter:
             new = np.full(size, fill, dtype)
             new[: self.capacity] = self._rec[name]
             self._rec[name] = new
+        flushed = np.zeros(size, np.uint8)
+        flushed[: len(self._flushed)] = self._flushed
+        self._flushed = flushed
         self._received = self._rec["received"]
 
     def has(self, index: int) -> bool:
@@ -347,11 +429,10 @@ class RunWriter:
                 self._dset_id.write_direct_chunk((index, *self._zeros), payload)
         except OSError as exc:
             last = "none" if self.last_written is None else str(self.last_written)
+            self.failure = brief(exc)
             raise StorageError(
                 f"writing frame {index + self.first_frame_id} to {self.path} failed: "
-                f"{_brief(exc)}; "
-                f"the last frame written was {last}, and the {self.frames_written} frames "
-                "written before stay readable") from None
+                f"{self.failure}; the last frame written was {last}") from None
         # The per-frame bookkeeping: a few scalar stores, no allocation (this runs per frame).
         rec = self._rec
         received[index] = 1
@@ -404,17 +485,26 @@ class RunWriter:
         """Make every frame written so far durable and visible to SWMR readers.
 
         Two steps, so that a frame's `received` flag never reaches the disk before its chunk's
-        index entry does: first the chunks' metadata, then the flags and counters.
+        index entry does: first the chunks' metadata, then the flags and counters. Only a flush
+        that completes makes its frames durable (what `abandon` counts readable).
         """
+        lo, hi = self._dirty_lo, min(self._dirty_hi, len(self._flushed))
+        chunks_durable = False
         try:
             for f in self._data_files.values():
                 f.flush()
             self._file.flush()
+            chunks_durable = True
             self._records()
             self._counters(counters or {})
             self._file.flush()
         except OSError as exc:
-            raise StorageError(f"flushing {self.path} failed: {_brief(exc)}") from None
+            self.failure = brief(exc)
+            # Some flags of this flush may have reached the disk: their frames read too.
+            self._flags_unsure = chunks_durable and lo < hi
+            raise StorageError(f"flushing {self.path} failed: {self.failure}") from None
+        if lo < hi:
+            self._flushed[lo:hi] = self._received[lo:hi]
 
     def finalize(self, count: int, missing_reasons: dict[int, str], counters: dict[str, Any],
                  reports: dict[str, Any] | None = None,
@@ -422,7 +512,13 @@ class RunWriter:
                  partial: dict[int, bytes] | None = None) -> None:
         """Trim to `count` frames, write the per-frame records, the ledger and the counters;
         `per_frame` holds the origin's own per-frame values by column name (frame index keys),
-        `partial` the bitmap of lost parts of each partial frame."""
+        `partial` the bitmap of lost parts of each partial frame. A sidecar ledger an earlier
+        collector of this run left is folded in (its reasons, the first cause, win) and removed:
+        the file's own ledger is now complete."""
+        earlier = self._earlier_ledger()
+        if earlier:
+            missing_reasons = {i: earlier.get(i + self.first_frame_id, reason)
+                               for i, reason in missing_reasons.items()}
         try:
             if count != self.capacity and not self.frames_per_file:
                 self._dset.resize(count, axis=0)
@@ -447,7 +543,25 @@ class RunWriter:
             ds["end_time"][()] = now()
             self.flush({**counters, "missing": len(ids)})
         except OSError as exc:
-            raise StorageError(f"finalising {self.path} failed: {_brief(exc)}") from None
+            self.failure = self.failure or brief(exc)
+            raise StorageError(f"finalising {self.path} failed: {brief(exc)}") from None
+        if earlier is not None:
+            try:
+                ledger_path(self.path).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot remove %s, now in the file: %s", ledger_path(self.path),
+                            brief(exc))
+
+    def _earlier_ledger(self) -> dict[int, str] | None:
+        """The sidecar ledger of this run, if an earlier collector of it left one."""
+        try:
+            side = read_ledger(self.path)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return None
+        if side is None or side.get("run_id") != self.run_id:
+            return None
+        return side["missing"]
 
     def _origin_records(self, count: int, per_frame: dict[str, dict[int, int]],
                         partial: dict[int, bytes]) -> None:
@@ -475,13 +589,85 @@ class RunWriter:
             group["missing_parts"].resize((len(ids), width))
             group["missing_parts"][:] = bitmaps
 
-    def abandon(self) -> None:
-        """After a failed write: touch the files no more. Closing would make HDF5 write a
-        superblock for space the disk refused, and the file would no longer open; left alone,
-        the file is what the last flush (SWMR-consistent) made it. The process must then end
-        without HDF5's exit-time close: see cli's collector command."""
+    def abandon(self, count: int | None = None,
+                reasons: dict[int, str] | None = None) -> str:
+        """After a failed write: touch the files no more, and account for every frame of the
+        run's `count` (default: up to the last one written) that the file does not durably
+        hold, in the sidecar ledger; returns what became of them, for the error message.
+
+        Closing would make HDF5 write a superblock for space the disk refused, and the file
+        would no longer open; left alone, the file is what the last complete flush
+        (SWMR-consistent) made it, so the ledger cannot go into it. The process must then end
+        without HDF5's exit-time close (see cli's collector command); the lock stays held
+        until it does. `reasons` (frame index -> why) covers frames known lost otherwise.
+        """
         self._closed = True
         self.abandoned = True
+        count = self.last_index + 1 if count is None else count
+        durable = np.zeros(count, np.uint8)
+        received = np.zeros(count, np.uint8)
+        n = min(count, self.capacity)
+        durable[:n] = self._flushed[:n]
+        received[:n] = self._received[:n]
+        failure = self.failure or "an I/O error"
+        absent = f"not written: the collector stopped when {self.path.name} failed: {failure}"
+        if self.resumed:
+            absent += ("; or received before the collector was restarted, after its last flush, "
+                       "and lost with it")
+        note = self._account(
+            durable, received, count, reasons or {},
+            f"written after the last flush of {self.path.name}, lost when the file failed: "
+            f"{failure}", absent)
+        if self._flags_unsure:
+            note += ("; frames of the flush that failed read too where the file flags them "
+                     "received (the file's flag wins over the ledger)")
+        return note
+
+    def _account(self, durable: np.ndarray, received: np.ndarray, count: int,
+                 reasons: dict[int, str], unflushed: str, absent: str) -> str:
+        """Record every index below `count` not `durable` in the sidecar ledger, with its
+        reason from `reasons`, else `unflushed` (it had been written) or `absent`; returns
+        which frames stay readable and where the others are recorded."""
+        first = self.first_frame_id
+        readable = np.flatnonzero(durable) + first
+        gone = np.flatnonzero(durable == 0)
+        missing = {int(i) + first: reasons.get(int(i)) or (unflushed if received[i] else absent)
+                   for i in gone}
+        if len(readable):
+            note = (f"the {len(readable)} frames of its last flush stay readable (ids "
+                    f"{spell(id_ranges(readable))})")
+        else:
+            note = "none of its frames is readable"
+        if not missing:
+            return note
+        where = self._write_ledger(missing, count, readable)
+        return f"{note}; the other {len(missing)} of the run's {count} are {where}"
+
+    def _write_ledger(self, missing: dict[int, str], count: int, readable: np.ndarray) -> str:
+        """The sidecar ledger, written atomically (a temporary file renamed over it) next to
+        the file, in the room the lock file held for it. Reasons an earlier ledger of this run
+        gives win (the first cause of a loss). If even that fails, the ledger goes to stderr:
+        it must not be lost with the disk."""
+        earlier = self._earlier_ledger() or {}
+        missing = {i: earlier.get(i, reason) for i, reason in missing.items()}
+        side = ledger_path(self.path)
+        if earlier and set(missing) == set(earlier):  # the same ids, with the same reasons
+            return f"recorded missing in {side} (as an earlier collector left it)"
+        reasons: dict[str, int] = {}
+        runs: list[list[Any]] = []
+        for i, reason in sorted(missing.items()):
+            k = reasons.setdefault(reason, len(reasons))
+            if runs and runs[-1][1] == i - 1 and runs[-1][2] == k:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i, k])
+        doc = {"ledger": LEDGER_KIND, "version": 1, "file": self.path.name,
+               "run_id": self.run_id, "first_frame_id": self.first_frame_id, "frames": count,
+               "error": self.failure, "time": now(),
+               "readable": [list(r) for r in id_ranges(readable)],
+               "reasons": list(reasons), "missing": runs}
+        self._lock.free_reserve()  # the room the lock file held for this
+        return write_ledger(side, doc)
 
     @property
     def is_open(self) -> bool:
@@ -504,4 +690,5 @@ class RunWriter:
                     name = f.filename  # not to be asked of a file whose close failed
                     f.close()
             except (OSError, RuntimeError) as exc:
-                log.warning("closing %s after an error: %s", name, _brief(exc))
+                log.warning("closing %s after an error: %s", name, brief(exc))
+        self._lock.release()
