@@ -97,3 +97,13 @@ def wait_written(status: str, n: int, timeout_s: float = 30) -> None:
         if query_status([status], timeout_s=0.5)[status].get("frames", 0) >= n:
             return
     raise AssertionError(f"the collector did not reach {n} frames in {timeout_s} s")
+
+
+@pytest.fixture
+def ctx():
+    """A ZeroMQ context of the test's own, destroyed (linger 0) at teardown."""
+    import zmq
+
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)

@@ -22,13 +22,6 @@ SHORT = Liveness(heartbeat_s=0.05, peer_timeout_s=0.3)  # the tests that wait fo
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def closing():
     """Every hub, link and socket a test makes is closed at teardown, in reverse order."""
     made: list = []

@@ -73,13 +73,6 @@ class Rig:
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def rig(ctx, tmp_path):
     made: list[Rig] = []
 

@@ -33,13 +33,6 @@ def pixels(frame_id: int) -> np.ndarray:
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def links():
     """Closes every link a test opens, inputs before outputs, even when the test fails."""
     opened: list = []

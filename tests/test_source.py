@@ -25,13 +25,6 @@ SHAPE = (16, 24)
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def source(ctx, tmp_path):
     """Make Sources (their origins hold files); every origin is closed at teardown."""
     made: list[Source] = []

@@ -27,13 +27,6 @@ from stream_node.model.frame import FrameHeader, frame_header, payload_view
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def sockets(ctx):
     """Every socket a test makes is closed at teardown, whatever happened."""
     made: list[zmq.Socket] = []

@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamNodeError as exc:
         print(f"stream-node {args.command}: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except BrokenPipeError:  # `stream-node inspect RUN.h5 | head`: the reader has enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return int(ExitCode.OK)
     except KeyboardInterrupt as exc:
         print(f"stream-node {args.command}: interrupted ({str(exc) or 'SIGINT'}), finalised",
               file=sys.stderr)
