@@ -29,7 +29,7 @@ import zmq
 SEND_BLOCK = 1024  # bitshuffle block (elements) of the sent blobs
 FAULTS = ("none", "unknown_htype", "image_before_header", "second_header", "wrong_size",
           "corrupt_blob", "no_end", "skip_train", "bad_hash", "huge_id", "overflow_id",
-          "empty_hash", "no_hash")
+          "empty_hash", "no_hash", "headerless")
 # The frame number a detector's damaged header gives the fault frame instead of its own.
 ABSURD_IDS = {"huge_id": 10**12, "overflow_id": 2**70}
 
@@ -147,6 +147,9 @@ def dectris_image(args: argparse.Namespace, series: int, i: int,
     blob = dectris_blob(args, i) if blob is None else blob
     if args.fault == "corrupt_blob" and i == args.fault_frame:
         blob = corrupt(blob)
+    if args.fault == "headerless":  # as simulators that call bitshuffle directly send it
+        a = frame(i, args.shape, args.dtype, args.seed)
+        blob = bitshuffle.compress_lz4(np.ascontiguousarray(a).reshape(-1), 0).tobytes()
     size = len(blob)
     if args.fault == "wrong_size" and i == args.fault_frame:
         x += 8  # the description no longer matches the series

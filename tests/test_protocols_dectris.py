@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008 for plain h5py reads)
@@ -180,6 +181,25 @@ def test_corrupt_compressed_blob_is_recorded_missing_with_reason(node, ipc, tmp_
                                          "corrupt bitshuffle/LZ4 blob")
         assert counters(run) == {"dectris_corrupt": 1}
     assert sum(run.received) == 7
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("verify", ["header", "structure"])
+def test_bslz4_blobs_sent_without_the_filter_header_are_written_readable(
+        node, ipc, tmp_path, sender, verify):
+    """Some detector simulators send bitshuffle's blocks without the HDF5 filter's 12-byte
+    header: before, every such frame was recorded corrupt. Now the source recognises such a
+    blob (its blocks walk exactly to its end) and adds the header, so every reader decodes
+    the chunk."""
+    code, err, run, path = run_series(node, ipc, tmp_path, sender, "--encoding", "bs16-lz4<",
+                                      "--fault", "headerless", query=f"verify={verify}")
+    assert code == ExitCode.OK, err
+    assert run.missing == {} and run.received.all()
+    for i in range(8):
+        assert run.frames[i].tobytes() == sent(i).tobytes(), f"frame {i} differs"
+    with h5py.File(path, "r") as f:
+        _, chunk = f["entry/data/data"].id.read_direct_chunk((2, 0, 0))
+    assert struct.unpack(">QI", chunk[:12]) == (sent(2).nbytes, 8192)
 
 
 @pytest.mark.timeout(60)

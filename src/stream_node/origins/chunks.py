@@ -28,17 +28,36 @@ from stream_node.model.errors import ProtocolError
 
 HEADER = compression.CHUNK_HEADER
 _BLOCKED_MULT = 8  # bitshuffle transposes groups of 8 elements
+# bitshuffle's own block when none is asked for (BSHUF_TARGET_BLOCK_SIZE_B): what a blob sent
+# without the filter's header was made with, by a simulator calling bitshuffle directly.
+DEFAULT_BLOCK_BYTES = 8192
+
+
+def _with_header(buf: np.ndarray, nbytes: int, itemsize: int) -> np.ndarray | None:
+    """A blob some detector simulators send without the filter's 12-byte header (bitshuffle's
+    blocks alone): the chunk it is, header added, when its blocks walk exactly to its end with
+    bitshuffle's default block; None when they do not (then it is no such blob either)."""
+    framed = np.empty(HEADER.size + buf.nbytes, np.uint8)
+    HEADER.pack_into(framed, 0, nbytes, DEFAULT_BLOCK_BYTES)
+    framed[HEADER.size:] = buf
+    return framed if block_problem(framed, nbytes, DEFAULT_BLOCK_BYTES, itemsize) is None else None
 
 
 def check_bslz4(blob: Any, nbytes: int, itemsize: int, walk: bool = True) -> np.ndarray:
     """The blob as a uint8 view after checking it is a filter-32008 chunk of `nbytes` bytes of
     `itemsize`-byte elements; ProtocolError saying what is wrong otherwise. `walk=False` checks
-    the header only: the source does that, and the workers walk the blocks, in parallel."""
+    the header only: the source does that, and the workers walk the blocks, in parallel.
+    A blob without the header (some simulators send bitshuffle's blocks alone) comes back as a
+    new array with the header added, so the file gets a chunk every reader decodes."""
     buf = np.frombuffer(blob, np.uint8)
-    if buf.nbytes < HEADER.size:
-        raise ProtocolError(f"bitshuffle/LZ4 blob of {buf.nbytes} bytes has no 12-byte header")
-    total, block_bytes = HEADER.unpack_from(buf, 0)
+    total, block_bytes = HEADER.unpack_from(buf, 0) if buf.nbytes >= HEADER.size else (-1, 0)
     if total != nbytes:
+        framed = _with_header(buf, nbytes, itemsize) if buf.nbytes >= 4 else None
+        if framed is not None:
+            return framed
+        if buf.nbytes < HEADER.size:
+            raise ProtocolError(f"bitshuffle/LZ4 blob of {buf.nbytes} bytes has no 12-byte "
+                                "header")
         raise ProtocolError(f"bitshuffle/LZ4 blob holds {total} bytes, the frame has {nbytes}")
     if block_bytes == 0 or block_bytes % (_BLOCKED_MULT * itemsize):
         raise ProtocolError(f"bitshuffle/LZ4 blob has block size {block_bytes} bytes, not a "

@@ -256,7 +256,8 @@ class ReceivedOrigin(Origin):
                     if self._scratch is None:
                         self._scratch = np.empty(self.shape, self.dtype)
                     compression.decompress(buf, self.shape, self.dtype, out=self._scratch)
-                return blob
+                # the blob as it came, or a new one with the header it came without
+                return blob if buf.nbytes == memoryview(blob).nbytes else buf
             size = memoryview(blob).nbytes
             if size != nbytes:
                 raise ProtocolError(f"raw data has {size} bytes, a {self.shape} {self.dtype} "
