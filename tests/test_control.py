@@ -248,3 +248,17 @@ def test_a_hub_on_an_endpoint_in_use_is_a_config_error(ctx, closing):
 def test_a_link_to_a_malformed_endpoint_is_a_config_error(ctx):
     with pytest.raises(ConfigError, match="source's control endpoint 'nowhere'"):
         ControlLink(ctx, "nowhere", "worker", "w0", FAST)
+
+
+def test_a_link_that_was_paused_reads_the_queued_heartbeats_before_blaming_the_hub(
+        ctx, closing, endpoint):
+    """This node was frozen (here: it simply did not read) longer than the peer timeout while
+    the hub kept sending heartbeats. Before, its first tick after the thaw raised "source
+    silent" without reading them: a frozen node blamed a live one (issue #18)."""
+    hub, link = started(ctx, closing, endpoint, liveness=SHORT)
+    paused_until = time.monotonic() + 3 * SHORT.peer_timeout_s
+    while time.monotonic() < paused_until:  # the hub lives on: its heartbeats queue up here
+        hub.poll(20)
+    link.tick()  # no PeerTimeout: heartbeats are waiting
+    assert link.recv(0) is None  # reading them absorbs them ...
+    link.tick()  # ... and the hub counts as heard

@@ -304,7 +304,10 @@ class ControlLink:
     def tick(self) -> None:
         """Send a heartbeat when due; PeerTimeout once the hub has been silent too long."""
         now = time.monotonic()
-        if self.run_id and now - self._last_heard > self.liveness.peer_timeout_s:
+        silent = self.run_id and now - self._last_heard > self.liveness.peer_timeout_s
+        # Messages waiting here mean this node was the one paused (SIGSTOP, a frozen VM): the
+        # hub's heartbeats are queued. The caller reads them next; no blame before that.
+        if silent and not self.sock.poll(0):
             raise PeerTimeout(
                 f"{self.role} {self.name}: source at {self.endpoint} silent for "
                 f"{now - self._last_heard:.1f} s (peer timeout {self.liveness.peer_timeout_s} s)"
