@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,15 @@ class FrameGeometry:
     dtype: np.dtype
     encoding: Encoding = Encoding.RAW
 
-    @property
+    @cached_property  # asked of every frame the collector admits: computed once
     def nbytes(self) -> int:
         """Bytes of one raw frame (a compressed one is smaller, or a few bytes larger)."""
         return frame_nbytes(self.shape, self.dtype)
+
+    @cached_property
+    def dtype_code(self) -> int:
+        """The frame header's code for the dtype."""
+        return dtype_code(self.dtype)
 
     @property
     def largest_payload(self) -> int:
@@ -115,7 +121,7 @@ class RunContract:
     software_version: str = ""
     origin: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property  # asked of every frame the collector admits
     def encoding(self) -> Encoding:
         """How the frames the collector receives are encoded."""
         return Encoding.BSLZ4 if self.compression == "bslz4" else Encoding.RAW
@@ -131,7 +137,7 @@ class RunContract:
         in this run's file, or None when it does; `highest` is the highest index written so
         far (a run of unknown length takes ids up to MAX_ID_JUMP beyond it)."""
         out = self.output
-        if header.shape != out.shape or header.dtype_code != dtype_code(out.dtype):
+        if header.shape != out.shape or header.dtype_code != out.dtype_code:
             return (f"shape {header.shape} dtype code {header.dtype_code} differ from the run's "
                     f"{out.shape} {out.dtype}")
         if header.encoding != self.encoding:
