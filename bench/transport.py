@@ -13,7 +13,7 @@ whatever else the machine does hits both:
   with a blocking receive, the counter read with ``int.from_bytes`` and the payload viewed with
   ``np.frombuffer``: the best a user gets from pyzmq.
 * ``stream-node``: the package's own path: the sender's PUSH from ``transport.data_socket`` with
-  the default ``LinkLimits`` (bounded HWMs and kernel buffers, IMMEDIATE, heartbeats), bound with
+  the default ``LinkLimits`` (bounded HWMs and kernel buffers, IMMEDIATE, TCP keepalive), bound with
   ``transport.bind``, each message ``send_frame(frame_header(frame, run, i).pack(), frame)``;
   the receiver a ``PullInput`` (``data_socket`` PULL, connected, handshake watched), frames by
   ``take()`` (``recv_parts``), ``FrameHeader.parse`` and a numpy view of the payload with
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{mode.link_bytes >> 20} MiB per run, median of {mode.link_repeat} interleaved "
               f"runs. stream-node: data_socket + default LinkLimits (HWM {lim.sndhwm}/"
               f"{lim.rcvhwm}, SNDBUF/RCVBUF {lim.sndbuf >> 20}/{lim.rcvbuf >> 20} MiB, IMMEDIATE, "
-              f"heartbeat {lim.heartbeat_ivl_ms} ms), "
+              f"TCP keepalive {lim.keepalive_s} s), "
               "send_frame / PullInput.take + FrameHeader.parse + payload_view; raw pyzmq: "
               "default sockets, send_multipart/recv_multipart copy=False. Both processes use "
               "a node's malloc settings (stream_node.stages.allocator), for both paths.\n")

@@ -57,8 +57,7 @@ def until(step: Callable[[], object], done: Callable[[], bool], what: str,
 def close_now(link: ControlLink) -> None:
     """Close a link whose hub is gone without ControlLink.close's 1 s linger for its unsent
     messages (which would hold up the context's teardown); the fixture then skips it."""
-    link.watch.close()
-    link.sock.close(linger=0)
+    link.close(linger_ms=0)
 
 
 def hub_messages(hub: ControlHub, n: int, timeout_s: float = 5.0) -> list[Inbound]:
@@ -262,3 +261,33 @@ def test_a_link_that_was_paused_reads_the_queued_heartbeats_before_blaming_the_h
     link.tick()  # no PeerTimeout: heartbeats are waiting
     assert link.recv(0) is None  # reading them absorbs them ...
     link.tick()  # ... and the hub counts as heard
+
+
+def busy(seconds: float) -> None:
+    """The stage's own thread stuck in one long call that holds no lock (a 1 GB copy, a slow
+    write): it serves no socket meanwhile. The call's length is the fault, not a sync."""
+    import threading
+
+    threading.Event().wait(seconds)
+
+
+def test_a_link_whose_stage_is_busy_for_long_stays_alive_to_the_hub(ctx, closing, endpoint):
+    """Before, heartbeats left only from the stage's loop: a collector busy longer than the
+    peer timeout was declared dead by a source that was fine (issue #18)."""
+    hub, link = started(ctx, closing, endpoint, liveness=SHORT)
+    import threading
+
+    stuck = threading.Thread(target=busy, args=(4 * SHORT.peer_timeout_s,))
+    stuck.start()
+    while stuck.is_alive():  # the hub's stage serves its socket; the link's does not
+        hub.poll(20)
+        assert hub.lost() == []
+    link.tick()  # and the link, back from its call, has heard the hub all along
+
+
+def test_a_hub_whose_stage_is_busy_for_long_stays_alive_to_its_peers(ctx, closing, endpoint):
+    hub, link = started(ctx, closing, endpoint, liveness=SHORT)
+    deadline = time.monotonic() + 4 * SHORT.peer_timeout_s
+    while time.monotonic() < deadline:  # only the link's stage runs; the hub's is "busy"
+        assert link.recv(20) is None
+    assert hub.poll(0) == [] and hub.lost() == []

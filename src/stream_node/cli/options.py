@@ -126,13 +126,8 @@ def link_options(p: argparse.ArgumentParser) -> None:
 
 
 def link_limits(args: argparse.Namespace) -> LinkLimits:
-    # A data link gives up on its peer no sooner than the control channel does. A frozen peer
-    # (SIGSTOP, a paused VM) answers neither; if the link's ZMTP heartbeat expired first, it
-    # would drop the frames queued for a peer the run still counts as alive.
-    timeout_ms = max(LinkLimits().heartbeat_timeout_ms, round(args.peer_timeout * 1000))
     return LinkLimits(sndhwm=args.sndhwm, rcvhwm=args.rcvhwm, sndbuf=args.sndbuf,
-                      rcvbuf=args.rcvbuf, max_message_bytes=args.max_message,
-                      heartbeat_timeout_ms=timeout_ms)
+                      rcvbuf=args.rcvbuf, max_message_bytes=args.max_message)
 
 
 def observed_options(p: argparse.ArgumentParser) -> None:

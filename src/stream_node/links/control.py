@@ -3,22 +3,23 @@
 PUSH round-robin cannot broadcast, so run-wide messages travel here: the source holds a ROUTER
 (`ControlHub`) that knows every peer by name; each worker and the collector hold a DEALER
 (`ControlLink`). Both ends send heartbeats, so either side notices a dead peer within
-`peer_timeout_s` and says which one.
+`peer_timeout_s` and says which one. Each end's socket is served by a thread of its own
+(`SocketPump`): heartbeats and liveness never wait for the stage's data loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
+from stream_node.links.pump import SocketPump
 from stream_node.links.transport import HandshakeWatch, bind, connect
 from stream_node.model.errors import ExitCode, PeerTimeout, ProtocolError, RunAborted
 from stream_node.model.frame import FrameHeader, MsgType, control_message, decode_body
@@ -28,8 +29,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Liveness:
+    """A peer is lost after `peer_timeout_s` plus one heartbeat interval of silence (its last
+    heartbeat may have left up to an interval before it froze), so a pause shorter than
+    `peer_timeout_s` never loses one."""
+
     heartbeat_s: float = 0.5
     peer_timeout_s: float = 2.0  # a dead or frozen peer is known within this
+
+    @property
+    def silent_after_s(self) -> float:
+        return self.peer_timeout_s + self.heartbeat_s
 
 
 @dataclass(slots=True)
@@ -62,28 +71,27 @@ def _parse(parts: list[bytes]) -> tuple[FrameHeader, dict]:
     return header, decode_body(header, parts[1])
 
 
-def _drain(
-    sock: zmq.Socket, routed: bool, reject: Callable[[bytes, ProtocolError], None]
-) -> Iterator[tuple[bytes, FrameHeader, dict]]:
-    """Yield each message already waiting on `sock`, parsed; malformed ones go to `reject`.
+def _relayed(sock: zmq.Socket, routed: bool) -> tuple[bytes, FrameHeader, dict] | None:
+    """The next message the control thread relayed (it parsed it once already), or None."""
+    try:
+        parts = sock.recv_multipart(zmq.NOBLOCK)
+    except zmq.Again:
+        return None
+    identity = parts.pop(0) if routed else b""
+    header, body = _parse(parts)
+    return identity, header, body
 
-    A bad message is skipped, not raised: one confused or hostile sender must not take the
-    control channel down for every peer. A generator, so that a caller which stops at the first
-    command leaves the rest queued on the socket. `routed`: a ROUTER's messages start with the
-    sender's identity (a DEALER's have none; b"" stands in).
-    """
-    while True:
-        try:
-            parts = sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        identity = parts.pop(0) if routed else b""
-        try:
-            header, body = _parse(parts)
-        except ProtocolError as exc:
-            reject(identity, exc)
-            continue
-        yield identity, header, body
+
+def _beat(sock: zmq.Socket, parts: list[bytes]) -> bool:
+    """Send a heartbeat unless the peer's queue is full (then it has plenty to read); False
+    when the peer is gone."""
+    try:
+        sock.send_multipart(parts, zmq.NOBLOCK)
+    except zmq.Again:
+        return True
+    except zmq.ZMQError:  # EHOSTUNREACH: the peer disconnected
+        return False
+    return True
 
 
 def default_topology() -> str:
@@ -97,7 +105,10 @@ def default_topology() -> str:
 
 @dataclass
 class ControlHub:
-    """The source's end: answers HELLO with START, tracks READY/DONE, broadcasts END and FINISH."""
+    """The source's end: answers HELLO with START, tracks READY/DONE, broadcasts END and FINISH.
+
+    HELLO, heartbeats and admission are handled in the control thread; `poll` returns the rest.
+    """
 
     ctx: zmq.Context
     endpoint: str
@@ -108,116 +119,148 @@ class ControlHub:
 
     def __post_init__(self) -> None:
         self.peers: dict[bytes, Peer] = {}
+        self._lock = threading.Lock()  # peers are added by the control thread
         self.rejected = 0
         self.refused = 0  # HELLOs of another topology
         self.foreign = 0
-        self.sock = self.ctx.socket(zmq.ROUTER)
+        sock = self.ctx.socket(zmq.ROUTER)
         # A send to a peer that is gone raises instead of vanishing silently.
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 1000)
         try:
-            bind(self.sock, self.endpoint, "control")
+            bind(sock, self.endpoint, "control")
         except Exception:
-            self.sock.close(linger=0)
+            sock.close(linger=0)
             raise
-        self._next_beat = 0.0
+        self._pump = SocketPump(self.ctx, sock, self.liveness.heartbeat_s, self._arrived,
+                                self._beat, self._unsent, self._woke, "hub")
+        self.sock = self._pump.front  # readable when `poll` has something for the caller
 
     def close(self) -> None:
-        self.sock.close(linger=1000)
+        self._pump.close()
+
+    def all_peers(self) -> list[Peer]:
+        with self._lock:
+            return list(self.peers.values())
 
     def peers_of(self, role: str) -> list[Peer]:
-        return [p for p in self.peers.values() if p.role == role]
+        return [p for p in self.all_peers() if p.role == role]
+
+    def forget(self, peer: Peer) -> None:
+        """Drop a lost peer: a successor (a restarted collector) is then the only one."""
+        with self._lock:
+            self.peers.pop(peer.identity, None)
 
     def send(self, peer: Peer, msg_type: MsgType, body: Any = None, frame_id: int = 0) -> bool:
         if peer.finished or peer.unreachable:
             return False
-        try:
-            self.sock.send_multipart(
-                [peer.identity, *control_message(msg_type, self.run_id, body, frame_id)]
-            )
-            return True
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer disconnected
-            log.warning("control: cannot reach %s %s: %s", peer.role, peer.name, exc)
-            peer.unreachable = True
-            return False
+        self._pump.send([peer.identity, *control_message(msg_type, self.run_id, body, frame_id)])
+        return True
 
     def broadcast(self, msg_type: MsgType, body: Any = None, frame_id: int = 0,
                   role: str | None = None) -> None:
-        for peer in list(self.peers.values()):
+        for peer in self.all_peers():
             if role is None or peer.role == role:
                 self.send(peer, msg_type, body, frame_id)
 
     def poll(self, timeout_ms: int) -> list[Inbound]:
-        """Handle what arrived within `timeout_ms`; return the messages the caller must act on."""
-        self.tick()
+        """The messages the caller must act on that arrive within `timeout_ms`."""
+        if self._pump.failure:
+            raise PeerTimeout(f"source: {self._pump.failure}")
         out: list[Inbound] = []
         if not self.sock.poll(timeout_ms):
             return out
-        for identity, header, body in _drain(self.sock, True, self._reject):
-            msg = self._handle(identity, header, body)
-            if msg is not None:
-                out.append(msg)
+        while (msg := _relayed(self.sock, True)) is not None:
+            identity, header, body = msg
+            peer = self.peers.get(identity)
+            if peer is None:  # forgotten since
+                continue
+            msg_type = MsgType(header.msg_type)
+            if msg_type == MsgType.READY:
+                peer.ready = True
+            elif msg_type in (MsgType.DONE, MsgType.DRAINED):
+                peer.final = body
+                peer.finished = msg_type == MsgType.DONE
+            out.append(Inbound(msg_type, header, body, peer))
         return out
 
-    def _reject(self, identity: bytes, exc: ProtocolError) -> None:
-        self.rejected += 1
-        log.warning("control: rejected a message from %r: %s", identity, exc)
+    def lost(self, role: str | None = None) -> list[Peer]:
+        """Peers that did not finish but went silent for the peer timeout or disconnected;
+        none while this process itself is only catching up after a pause."""
+        if self._pump.behind():
+            return []
+        limit = time.monotonic() - self.liveness.silent_after_s
+        return [p for p in self.all_peers()
+                if not p.finished and (p.unreachable or p.last_seen < limit)
+                and (role is None or p.role == role)]
 
-    def _handle(self, identity: bytes, header: FrameHeader, body: dict) -> Inbound | None:
-        now = time.monotonic()
-        msg_type = MsgType(header.msg_type)
+    # -- in the control thread -----------------------------------------------------------
+
+    def _arrived(self, sock: zmq.Socket, parts: list[bytes]) -> bool:
+        identity = parts[0]
+        try:
+            header, body = _parse(parts[1:])
+            msg_type = MsgType(header.msg_type)
+        except (ProtocolError, ValueError) as exc:
+            self.rejected += 1
+            log.warning("control: rejected a message from %r: %s", identity, exc)
+            return False
         if msg_type == MsgType.HELLO:
-            peer = Peer(identity, str(body.get("role", "?")), str(body.get("name", identity)),
-                        int(body.get("pid", 0)), now)
-            theirs = str(body.get("topology", ""))
-            if theirs != self.topology:  # another user's or topology's node: never one of ours
-                self.refused += 1
-                why = (f"this source's control endpoint {self.endpoint} belongs to topology "
-                       f"{self.topology!r}, the {peer.role} is of {theirs!r} (--topology)")
-                log.warning("control: refused %s %s (pid %d): %s", peer.role, peer.name,
-                            peer.pid, why)
-                with contextlib.suppress(zmq.ZMQError):
-                    self.sock.send_multipart([identity, *control_message(
-                        MsgType.ABORT, self.run_id, {"reason": why,
-                                                     "exit_code": int(ExitCode.CONFIG)})])
-                return None
-            self.peers[identity] = peer
-            log.info("control: %s %s (pid %d) said hello", peer.role, peer.name, peer.pid)
-            self.send(peer, MsgType.START, self.start_body)
-            return None
+            self._hello(sock, identity, body)
+            return False
         peer = self.peers.get(identity)
         if peer is None:
             self.rejected += 1
             log.warning("control: %s from unknown peer %r ignored", msg_type.name, identity)
-            return None
+            return False
         if header.run_id != self.run_id:
             self.foreign += 1
             log.warning("control: %s from %s for run %#x dropped (this run is %#x)",
                         msg_type.name, peer.name, header.run_id, self.run_id)
-            return None
-        peer.last_seen = now
+            return False
+        peer.last_seen = time.monotonic()
         peer.unreachable = False  # it is back (reconnected after a freeze or a cut)
-        if msg_type == MsgType.HEARTBEAT:
-            return None
-        if msg_type == MsgType.READY:
-            peer.ready = True
-        elif msg_type in (MsgType.DONE, MsgType.DRAINED):
-            peer.final = body
-            peer.finished = msg_type == MsgType.DONE
-        return Inbound(msg_type, header, body, peer)
+        return msg_type != MsgType.HEARTBEAT
 
-    def tick(self) -> None:
+    def _hello(self, sock: zmq.Socket, identity: bytes, body: dict) -> None:
+        peer = Peer(identity, str(body.get("role", "?")), str(body.get("name", identity)),
+                    int(body.get("pid", 0)), time.monotonic())
+        theirs = str(body.get("topology", ""))
+        if theirs != self.topology:  # another user's or topology's node: never one of ours
+            self.refused += 1
+            why = (f"this source's control endpoint {self.endpoint} belongs to topology "
+                   f"{self.topology!r}, the {peer.role} is of {theirs!r} (--topology)")
+            log.warning("control: refused %s %s (pid %d): %s", peer.role, peer.name,
+                        peer.pid, why)
+            _beat(sock, [identity, *control_message(
+                MsgType.ABORT, self.run_id, {"reason": why, "exit_code": int(ExitCode.CONFIG)})])
+            return
+        with self._lock:
+            self.peers[identity] = peer
+        log.info("control: %s %s (pid %d) said hello", peer.role, peer.name, peer.pid)
+        if not _beat(sock, [identity, *control_message(MsgType.START, self.run_id,
+                                                       self.start_body)]):
+            peer.unreachable = True
+
+    def _beat(self, sock: zmq.Socket) -> None:
+        beat = control_message(MsgType.HEARTBEAT, self.run_id)
+        for peer in self.all_peers():
+            if not (peer.finished or peer.unreachable) and not _beat(sock, [peer.identity,
+                                                                            *beat]):
+                log.warning("control: cannot reach %s %s", peer.role, peer.name)
+                peer.unreachable = True
+
+    def _unsent(self, parts: list[bytes], exc: zmq.ZMQError) -> None:
+        peer = self.peers.get(parts[0])
+        if peer is not None:  # EHOSTUNREACH: the peer disconnected
+            log.warning("control: cannot reach %s %s: %s", peer.role, peer.name, exc)
+            peer.unreachable = True
+
+    def _woke(self) -> None:
+        """This process was paused: every peer's silence is counted from now, not from then."""
         now = time.monotonic()
-        if now >= self._next_beat:
-            self._next_beat = now + self.liveness.heartbeat_s
-            self.broadcast(MsgType.HEARTBEAT)
-
-    def lost(self, role: str | None = None) -> list[Peer]:
-        """Peers that did not finish but went silent for the peer timeout or disconnected."""
-        limit = time.monotonic() - self.liveness.peer_timeout_s
-        return [p for p in self.peers.values()
-                if not p.finished and (p.unreachable or p.last_seen < limit)
-                and (role is None or p.role == role)]
+        for peer in self.all_peers():
+            peer.last_seen = max(peer.last_seen, now)
 
 
 class ControlLink:
@@ -232,28 +275,32 @@ class ControlLink:
         self.run_id = 0
         self.rejected = 0
         self.foreign = 0
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, f"{role}:{name}:{os.getpid()}".encode())
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.watch = HandshakeWatch(self.sock)  # made before connect(): no event is missed
+        self.identity = f"{role}:{name}:{os.getpid()}".encode()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        sock.setsockopt(zmq.LINGER, 1000)
+        self.watch = HandshakeWatch(sock)  # made before connect(): no event is missed
         try:
-            connect(self.sock, endpoint, "source's control")
+            connect(sock, endpoint, "source's control")
         except Exception:
             self.watch.close()
-            self.sock.close(linger=0)
+            sock.close(linger=0)
             raise
         self._last_heard = time.monotonic()
-        self._next_beat = 0.0
+        self._lost: str | None = None  # set by the control thread once the hub went silent
+        self._pump = SocketPump(ctx, sock, self.liveness.heartbeat_s, self._arrived, self._beat,
+                                self._unsent, self._woke, f"{role}-{name}")
+        self.sock = self._pump.front  # readable when `recv_ready` has something for the caller
         self.send(MsgType.HELLO, {"role": role, "name": name, "pid": os.getpid(),
                                   "topology": default_topology() if topology is None
                                   else topology})
 
-    def close(self) -> None:
+    def close(self, linger_ms: int | None = None) -> None:
         self.watch.close()
-        self.sock.close(linger=1000)
+        self._pump.close(linger_ms)
 
     def send(self, msg_type: MsgType, body: Any = None) -> None:
-        self.sock.send_multipart(control_message(msg_type, self.run_id, body))
+        self._pump.send(control_message(msg_type, self.run_id, body))
 
     def wait_start(self, timeout_s: float) -> dict:
         """Block until the hub sends START; PeerTimeout naming the hub if it never does."""
@@ -284,34 +331,49 @@ class ControlLink:
         return self.recv_ready()
 
     def recv_ready(self) -> Inbound | None:
-        """Like `recv` for a socket already known readable; drains it, returns the first command."""
-        for _, header, body in _drain(self.sock, False, self._reject):
-            if self.run_id and header.run_id != self.run_id:
-                self.foreign += 1
-                log.warning("%s %s: control message of run %#x dropped (this run is %#x)",
-                            self.role, self.name, header.run_id, self.run_id)
-                continue
-            self._last_heard = time.monotonic()
-            msg_type = MsgType(header.msg_type)
-            if msg_type != MsgType.HEARTBEAT:
-                return Inbound(msg_type, header, body)
-        return None
-
-    def _reject(self, _identity: bytes, exc: ProtocolError) -> None:
-        self.rejected += 1
-        log.warning("%s %s: rejected a control message: %s", self.role, self.name, exc)
+        """The first command waiting (the rest stay queued), or None."""
+        msg = _relayed(self.sock, False)
+        if msg is None:
+            return None
+        _, header, body = msg
+        return Inbound(MsgType(header.msg_type), header, body)
 
     def tick(self) -> None:
-        """Send a heartbeat when due; PeerTimeout once the hub has been silent too long."""
-        now = time.monotonic()
-        silent = self.run_id and now - self._last_heard > self.liveness.peer_timeout_s
-        # Messages waiting here mean this node was the one paused (SIGSTOP, a frozen VM): the
-        # hub's heartbeats are queued. The caller reads them next; no blame before that.
-        if silent and not self.sock.poll(0):
-            raise PeerTimeout(
-                f"{self.role} {self.name}: source at {self.endpoint} silent for "
-                f"{now - self._last_heard:.1f} s (peer timeout {self.liveness.peer_timeout_s} s)"
-            )
-        if now >= self._next_beat and self.run_id:
-            self._next_beat = now + self.liveness.heartbeat_s
-            self.send(MsgType.HEARTBEAT)
+        """PeerTimeout once the control thread found the hub silent for too long."""
+        if self._pump.failure:
+            raise PeerTimeout(f"{self.role} {self.name}: {self._pump.failure}")
+        if self._lost is not None:
+            raise PeerTimeout(self._lost)
+
+    # -- in the control thread -----------------------------------------------------------
+
+    def _arrived(self, _sock: zmq.Socket, parts: list[bytes]) -> bool:
+        try:
+            header, _body = _parse(parts)
+            msg_type = MsgType(header.msg_type)
+        except (ProtocolError, ValueError) as exc:
+            self.rejected += 1
+            log.warning("%s %s: rejected a control message: %s", self.role, self.name, exc)
+            return False
+        if self.run_id and header.run_id != self.run_id:
+            self.foreign += 1
+            log.warning("%s %s: control message of run %#x dropped (this run is %#x)",
+                        self.role, self.name, header.run_id, self.run_id)
+            return False
+        self._last_heard = time.monotonic()
+        return msg_type != MsgType.HEARTBEAT
+
+    def _beat(self, sock: zmq.Socket) -> None:
+        if not self.run_id:
+            return
+        _beat(sock, control_message(MsgType.HEARTBEAT, self.run_id))
+        silent = time.monotonic() - self._last_heard
+        if silent > self.liveness.silent_after_s and self._lost is None:
+            self._lost = (f"{self.role} {self.name}: source at {self.endpoint} silent for "
+                          f"{silent:.1f} s (peer timeout {self.liveness.peer_timeout_s} s)")
+
+    def _unsent(self, _parts: list[bytes], exc: zmq.ZMQError) -> None:
+        log.warning("%s %s: a control message could not be sent: %s", self.role, self.name, exc)
+
+    def _woke(self) -> None:
+        self._last_heard = max(self._last_heard, time.monotonic())

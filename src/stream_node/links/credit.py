@@ -131,7 +131,7 @@ class CreditOutput:
         events = dict(self.poller.poll(timeout_ms))
         if self.sock in events:
             self._take_credits()
-        self._on_control()  # also when nothing came: it sends the control heartbeats
+        self._on_control()  # also when nothing came: lost workers are judged there
         self._resend_unacked()
         self._dispatch()
 

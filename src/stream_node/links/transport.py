@@ -1,7 +1,7 @@
 """ZeroMQ links with bounded memory, zero-copy frames and a real connection handshake.
 
 Every data socket is made here, so every link gets the same limits (seed Problem 2) and the same
-liveness settings; nothing else in the package calls `setsockopt` on a data socket.
+keepalive settings; nothing else in the package calls `setsockopt` on a data socket.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ class LinkLimits:
     rcvbuf: int = 4 * MiB
     max_message_bytes: int = 64 * MiB
     linger_ms: int = 2000
-    heartbeat_ivl_ms: int = 250
-    heartbeat_timeout_ms: int = 1500
+    # An idle connection whose peer vanished (a host gone without a FIN) is probed by the
+    # kernel after this many seconds and dropped after 3 unanswered probes.
+    keepalive_s: int = 10
 
     def bound_bytes(self, max_frame_bytes: int) -> int:
         """What one paused link can hold: each queue's HWM plus the one message each ZMTP engine
@@ -80,9 +81,15 @@ def data_socket(ctx: zmq.Context, kind: int, limits: LinkLimits) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, limits.linger_ms)
     # Queue frames only for peers whose connection is complete: none wait for a peer that is gone.
     sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, limits.heartbeat_ivl_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, limits.heartbeat_timeout_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, limits.heartbeat_timeout_ms)
+    # No ZMTP heartbeats here: a receiver whose queue is full reads no pings either, so a slow
+    # or briefly paused collector had its connection timed out, the frames in flight dropped
+    # and the rest reordered (and libzmq 4.3 could abort, `!_io_error`, libzmq issue 4767).
+    # Whether a peer lives is the control channel's question; TCP keepalive (in the kernel,
+    # answered even by a paused process) only clears connections whose host is gone.
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, limits.keepalive_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
     return sock
 
 

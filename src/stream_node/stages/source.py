@@ -225,7 +225,7 @@ class Source:
                                      if self._credit else 0),
                          "in_flight": self._credit.in_window() if self._credit else None},
             "dropped": {}, "ring": counters["ring"], "queue_depth": None,
-            "workers_ready": sum(p.ready for p in list(hub.peers.values()) if
+            "workers_ready": sum(p.ready for p in hub.all_peers() if
                                  p.role == "worker") if hub else 0,
             "memory_bound_bytes": None if out is None else (
                 (out.ring.slots + 3) * out.ring.slot_bytes if counters["ring"]
@@ -361,7 +361,7 @@ class Source:
                                   "written")
             log.warning("source: collector %s %s: waiting up to %.1f s for a collector to "
                         "resume the run", peer.name, how, restart)
-            del hub.peers[peer.identity]
+            hub.forget(peer)
             self._collector_lost_at = time.monotonic()
         if (self._collector_lost_at is not None
                 and time.monotonic() - self._collector_lost_at > restart):

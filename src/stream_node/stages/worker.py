@@ -116,8 +116,7 @@ class Worker:
             # Opened after START: the source says how frames are dispatched.
             credit = None
             if run.dispatch.reliable:
-                identity = link.sock.getsockopt(zmq.ROUTING_ID)
-                credit = (identity, link.run_id, run.dispatch.credit)
+                credit = (link.identity, link.run_id, run.dispatch.credit)
             inp = open_input(self.ctx, cfg.inputs, cfg.limits, credit)
             self.compress = run.compression == "bslz4"
             if self.compress:  # parallelism comes from the worker processes, not codec threads
