@@ -8,12 +8,16 @@ connecting to a production one at all. `stream-node keys generate DIR` writes
     DIR/authorized/node.key             public keys a binding node accepts: add more files here
 
 Every node of a topology is given the same DIR (`--keys DIR`); a node with other keys fails the
-handshake: the binding node counts and logs the refusal, the connecting one names it.
+handshake: the binding node counts and logs the refusal, the connecting one names it. The count
+comes from the bound sockets' own handshake events, so it holds whichever key is wrong: a node
+with a foreign node key is refused by the authenticator (which also logs that key), one with a
+foreign server key fails before the authenticator ever hears of it.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import threading
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from typing import Any
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from stream_node.model.errors import ConfigError
 
@@ -68,19 +73,71 @@ class Keys:
         return cls(server_public, server_secret, node_public, node_secret, authorized)
 
 
-class _Refusals:
-    """The authenticator's log: a refused handshake becomes a warning and a count."""
-
-    def __init__(self) -> None:
-        self.refused = 0
+class _KeyLog:
+    """The authenticator's log: a refused client key becomes a warning naming it (the count is
+    `_Refusals`'s, which also sees refusals the authenticator never hears of)."""
 
     def debug(self, msg: str, *args: Any) -> None:
         if msg.startswith("ZAP reply") and args and args[0] != b"200":
-            self.refused += 1
-            log.warning("CURVE: a peer was refused (%s): its key is not in the authorized "
+            log.warning("CURVE: a peer's key was refused (%s): it is not in the authorized "
                         "list", args[1].decode(errors="replace"))
 
     info = warning = error = exception = debug
+
+
+_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+class _Refusals:
+    """Counts failed handshakes on every bound socket, from its monitor, in a thread of its
+    own: a monitor socket belongs to whoever reads it, and nobody else reads these."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+        self._new: queue.SimpleQueue[zmq.Socket] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def watch(self, sock: zmq.Socket) -> None:
+        self._new.put(sock.get_monitor_socket(_FAILED | zmq.EVENT_MONITOR_STOPPED))
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="curve-refusals",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        monitors: list[zmq.Socket] = []
+        try:
+            while not self._stop.is_set():
+                while not self._new.empty():
+                    monitors.append(self._new.get())
+                    poller.register(monitors[-1], zmq.POLLIN)
+                for mon, _ in poller.poll(100):
+                    event = recv_monitor_message(mon)
+                    if event["event"] == zmq.EVENT_MONITOR_STOPPED:  # its socket was closed
+                        poller.unregister(mon)
+                        monitors.remove(mon)
+                        mon.close(linger=0)
+                        continue
+                    self.refused += 1
+                    endpoint = event["endpoint"].decode(errors="replace")
+                    log.warning("CURVE: a peer's handshake on %s failed (%s, %s): it does not "
+                                "hold this topology's keys", endpoint,
+                                zmq.Event(event["event"]).name, event["value"])
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            for mon in monitors:
+                mon.close(linger=0)
 
 
 _lock = threading.Lock()
@@ -106,13 +163,14 @@ def as_server(sock: zmq.Socket) -> None:
     with _lock:
         ctx = sock.context
         if id(ctx) not in _authenticators:
-            auth = ThreadAuthenticator(ctx, log=_refusals)
+            auth = ThreadAuthenticator(ctx, log=_KeyLog())
             auth.start()
             auth.configure_curve(domain="*", location=str(_keys.authorized))
             _authenticators[id(ctx)] = auth
     sock.curve_secretkey = _keys.server_secret
     sock.curve_publickey = _keys.server_public
     sock.curve_server = True
+    _refusals.watch(sock)
 
 
 def as_client(sock: zmq.Socket) -> None:
@@ -125,7 +183,8 @@ def as_client(sock: zmq.Socket) -> None:
 
 
 def stop() -> None:
-    """End the authenticator threads (before the context is destroyed)."""
+    """End the authenticator and refusal threads (before the context is destroyed)."""
+    _refusals.stop()
     with _lock:
         for auth in _authenticators.values():
             auth.stop()
