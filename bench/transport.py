@@ -5,8 +5,8 @@ Two tables from one run.
 **One link.** A sender (this process) and a receiver (a spawned process, so nothing is inherited
 by fork) move N messages of 1 MiB (512x1024 uint16) or 8 MiB (2048x2048 uint16) over
 ``tcp://127.0.0.1`` and ``ipc://``; the sender binds, the receiver connects, as a source and a
-worker do. Two paths, run interleaved (raw, stream-node, then stream-node, raw, ...) so that
-whatever else the machine does hits both:
+worker do. Three paths, run interleaved (raw, stream-node, +checksum, then in reverse, ...) so
+that whatever else the machine does hits each:
 
 * ``raw pyzmq``: plain PUSH/PULL sockets with pyzmq's defaults;
   ``send_multipart([8-byte counter, frame], copy=False)`` and ``recv_multipart(copy=False)``
@@ -18,6 +18,9 @@ whatever else the machine does hits both:
   the receiver a ``PullInput`` (``data_socket`` PULL, connected, handshake watched), frames by
   ``take()`` (``recv_parts``), ``FrameHeader.parse`` and a numpy view of the payload with
   ``payload_view`` (shape and dtype from the header).
+* ``stream-node +checksum``: the same, with ``--checksum``'s work: the sender seals each header
+  with the payload's CRC-32C (``payload_crc``, ``FrameHeader.seal``), the receiver computes it
+  again and compares (what ``stages/admission.py`` does): the cost of the option per hop.
 
 Both senders send one prepared frame (zero-copy: ZeroMQ reads it where it is) and get a send
 timeout, so a dead receiver fails the row instead of hanging it. No sleeps: the receiver opens a
@@ -90,12 +93,14 @@ from _common import bench_parser, reap  # bench/ is on sys.path when run as a sc
 from _format import fmt, fmt_rate, md_table
 from stream_node.links.transport import LinkLimits, bind, data_socket, send_frame
 from stream_node.links.zmq_links import PullInput
-from stream_node.model.frame import FrameHeader, frame_header, payload_view
+from stream_node.model.frame import FrameHeader, frame_header, payload_crc, payload_view
 from stream_node.stages.allocator import keep_message_buffers
 from stream_node.storage.reader import open_run
 
 RAW = "raw pyzmq"
 SN = "stream-node"
+SNC = "stream-node +checksum"
+PATHS = (RAW, SN, SNC)
 SIZES: tuple[tuple[str, tuple[int, int]], ...] = (("1 MiB", (512, 1024)), ("8 MiB", (2048, 2048)))
 TRANSPORTS = ("tcp", "ipc")
 RUN_ID = 0x5EED
@@ -162,7 +167,8 @@ def receive_raw(ctx: zmq.Context, conn: Connection, endpoint: str, count: int) -
         sock.close(linger=0)
 
 
-def receive_sn(ctx: zmq.Context, conn: Connection, endpoint: str, count: int) -> dict[str, Any]:
+def receive_sn(ctx: zmq.Context, conn: Connection, endpoint: str, count: int,
+               check: bool = False) -> dict[str, Any]:
     inp = PullInput(ctx, [endpoint], LinkLimits())
     try:
         inp.wait_ready(TIMEOUT_MS / 1000, lambda: None)
@@ -178,6 +184,8 @@ def receive_sn(ctx: zmq.Context, conn: Connection, endpoint: str, count: int) ->
                 header = FrameHeader.parse(memoryview(head))
                 last = payload_view(header, body)
                 bad += header.frame_id != n or header.run_id != RUN_ID
+                if check:
+                    bad += payload_crc(body) != header.payload_crc
                 if first is None:
                     first = last
                 n += 1
@@ -199,7 +207,8 @@ def receiver_main(conn: Connection) -> None:
             path, endpoint, shape, count = req
             try:
                 frame = expected.setdefault(shape, frame_for(shape))
-                got = (receive_raw if path == RAW else receive_sn)(ctx, conn, endpoint, count)
+                got = (receive_raw(ctx, conn, endpoint, count) if path == RAW else
+                       receive_sn(ctx, conn, endpoint, count, check=path == SNC))
                 first, last = got.pop("first"), got.pop("last")
                 want = frame.reshape(-1).view(np.uint8)
                 got["payload_ok"] = bool(np.array_equal(first.reshape(-1).view(np.uint8), want)
@@ -292,6 +301,13 @@ def send_sn(sock: zmq.Socket, frame: np.ndarray, count: int) -> None:
         send_frame(sock, frame_header(frame, RUN_ID, n).pack(), frame)
 
 
+def send_sealed(sock: zmq.Socket, frame: np.ndarray, count: int) -> None:
+    for n in range(count):
+        header = frame_header(frame, RUN_ID, n)
+        header.seal(payload_crc(frame))
+        send_frame(sock, header.pack(), frame)
+
+
 def link_run(ctx: zmq.Context, rx: Receiver, row: LinkRow, frame: np.ndarray,
              tmp: Path) -> float:
     """One timed run of `row`'s path; returns its seconds, raises on any failure."""
@@ -302,7 +318,7 @@ def link_run(ctx: zmq.Context, rx: Receiver, row: LinkRow, frame: np.ndarray,
         rx.conn.send((row.path, endpoint, frame.shape, row.messages))
         rx.expect("ready", START_TIMEOUT_S)
         t0 = time.perf_counter_ns()
-        (send_raw if row.path == RAW else send_sn)(sock, frame, row.messages)
+        {RAW: send_raw, SN: send_sn, SNC: send_sealed}[row.path](sock, frame, row.messages)
         got = rx.expect("result", TIMEOUT_MS / 1000 + row.messages * 0.1)
     finally:
         sock.close(linger=0)
@@ -315,16 +331,16 @@ def link_run(ctx: zmq.Context, rx: Receiver, row: LinkRow, frame: np.ndarray,
 def run_links(mode: Mode) -> list[LinkRow]:
     rows = [LinkRow(t, label, path, max(1, mode.link_bytes // (shape[0] * shape[1] * 2)),
                     shape[0] * shape[1] * 2)
-            for t in TRANSPORTS for label, shape in SIZES for path in (RAW, SN)]
+            for t in TRANSPORTS for label, shape in SIZES for path in PATHS]
     frames = {label: frame_for(shape) for label, shape in SIZES}
     rx = Receiver(mp.get_context("spawn"))
     ctx = zmq.Context()
     try:
         with tempfile.TemporaryDirectory(prefix="snb-transport-") as tmp:
             for rep in range(mode.link_repeat):
-                for i in range(0, len(rows), 2):
-                    pair = rows[i:i + 2] if rep % 2 == 0 else rows[i:i + 2][::-1]
-                    for row in pair:
+                for i in range(0, len(rows), len(PATHS)):
+                    group = rows[i:i + len(PATHS)]
+                    for row in group if rep % 2 == 0 else group[::-1]:
                         try:
                             row.seconds.append(link_run(ctx, rx, row, frames[row.size],
                                                         Path(tmp)))
@@ -336,7 +352,7 @@ def run_links(mode: Mode) -> list[LinkRow]:
                             rx.close()  # its pipe may still hold this run's reply: start afresh
                             rx = Receiver(mp.get_context("spawn"))
                         print(f"  link {rep + 1}/{mode.link_repeat} {row.transport} {row.size} "
-                              f"{row.path:11s} {took} GB/s", file=sys.stderr, flush=True)
+                              f"{row.path:22s} {took} GB/s", file=sys.stderr, flush=True)
     finally:
         rx.close()
         ctx.term()

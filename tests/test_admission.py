@@ -16,6 +16,7 @@ from stream_node.model.frame import (
     dtype_code,
     failure_record,
     frame_header,
+    payload_crc,
 )
 from stream_node.stages.admission import admit
 from stream_node.stages.drops import WARN_LIMIT, DropLedger
@@ -128,3 +129,24 @@ def test_the_ledger_warns_a_few_times_per_kind_then_only_counts(drops, caplog):
     assert foreign[-1].endswith("(further ones only counted)")
     assert sum("malformed" in line for line in lines) == 1
     assert drops.as_dict() == {"foreign": WARN_LIMIT + 20, "malformed": 1}
+
+
+def sealed_parts(frame_id: int = 3) -> list:
+    header = frame_header(FRAME, RUN, frame_id)
+    header.seal(payload_crc(FRAME))
+    return [header.pack(), bytearray(FRAME.tobytes())]
+
+
+def test_a_sealed_frame_is_admitted_when_its_payload_matches(drops):
+    assert admit(sealed_parts(), RUN, drops) is not None
+    assert drops.as_dict() == {}
+
+
+def test_a_sealed_frame_whose_payload_was_damaged_is_dropped_naming_it(drops):
+    """One bit flipped in transit: the header is intact, so without the payload's CRC the
+    damaged pixels would be written as data."""
+    parts = sealed_parts(5)
+    parts[1][17] ^= 0x04
+    assert admit(parts, RUN, drops) is None
+    assert drops["corrupt"] == 1
+    assert "frame 5: payload checksum mismatch" in drops.frames[5]

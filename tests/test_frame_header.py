@@ -8,10 +8,12 @@ from hypothesis import strategies as st
 from stream_node import FrameHeader, MsgType, ProtocolError, frame_header, payload_view
 from stream_node.model.frame import (
     DTYPE_CODES,
+    FLAG_PAYLOAD_CRC,
     HEADER_SIZE,
     control_message,
     decode_body,
     dtype_code,
+    payload_crc,
 )
 
 dtypes = st.sampled_from(sorted(DTYPE_CODES.values()))
@@ -46,10 +48,24 @@ def test_header_is_little_endian_at_documented_offsets():
     wire = FrameHeader(MsgType.FRAME, run_id=0x1122, frame_id=7, shape=(3, 5), dtype_code=2,
                        timestamp_ns=99, sender=4).pack()
     _magic, version, hsize, mtype, dt, enc, ndim = struct.unpack_from("<IHHBBBB", wire)
-    assert wire[:4] == b"SNFR" and version == 2 and hsize == 96
+    assert wire[:4] == b"SNFR" and version == 3 and hsize == 96
     assert (mtype, dt, enc, ndim) == (MsgType.FRAME, 2, 0, 2)
     assert struct.unpack_from("<QQ4I", wire, 16) == (0x1122, 7, 3, 5, 0, 0)
     assert struct.unpack_from("<QQQI", wire, 48) == (30, 30, 99, 4)
+
+
+def test_a_sealed_header_carries_the_payload_crc_at_offset_84_with_its_flag():
+    payload = np.arange(15, dtype=np.uint16).reshape(3, 5)
+    h = FrameHeader(MsgType.FRAME, run_id=1, frame_id=7, shape=(3, 5), dtype_code=2)
+    h.seal(payload_crc(payload))
+    wire = h.pack()
+    assert struct.unpack_from("<I", wire, 84) == (payload_crc(payload),)
+    back = FrameHeader.parse(wire)
+    assert back.flags & FLAG_PAYLOAD_CRC and back.payload_crc == payload_crc(payload)
+    unflagged = bytearray(_good())
+    struct.pack_into("<I", unflagged, 84, 1)  # a crc without its flag: not a header we wrote
+    with pytest.raises(ProtocolError):
+        FrameHeader.parse(bytes(unflagged))
 
 
 def _good() -> bytearray:

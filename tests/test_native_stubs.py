@@ -30,6 +30,7 @@ EXPOSED = {
     "_frame": {
         "HEADER_SIZE": "SN_HEADER_SIZE",
         "HEADER_VERSION": "SN_HEADER_VERSION",
+        "FLAG_PAYLOAD_CRC": "SN_FLAG_PAYLOAD_CRC",
         "MAX_DIMS": "SN_MAX_DIMS",
     },
     "_ring": {

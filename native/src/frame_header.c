@@ -57,7 +57,7 @@ static void swap_fields(sn_frame_header *h) {
     h->sender = __builtin_bswap32(h->sender);
     h->parts = __builtin_bswap32(h->parts);
     h->crc = __builtin_bswap32(h->crc);
-    h->reserved0 = __builtin_bswap32(h->reserved0);
+    h->payload_crc = __builtin_bswap32(h->payload_crc);
     for (int i = 0; i < SN_HEADER_RESERVED_WORDS; i++)
         h->reserved1[i] = __builtin_bswap64(h->reserved1[i]);
 #else
@@ -87,7 +87,7 @@ int sn_header_validate(const sn_frame_header *h) {
     if (h->header_size != SN_HEADER_SIZE) return SN_EHSIZE;
     if (h->msg_type < 1 || h->msg_type > SN_MSG_TYPE_MAX) return SN_ETYPE;
     if (h->encoding > SN_ENC_MAX) return SN_EENCODING;
-    if (h->reserved0 != 0) return SN_ERESERVED;
+    if (h->payload_crc != 0 && !(h->flags & SN_FLAG_PAYLOAD_CRC)) return SN_ERESERVED;
     for (int i = 0; i < SN_HEADER_RESERVED_WORDS; i++)
         if (h->reserved1[i] != 0) return SN_ERESERVED;
     if (h->ndim > SN_MAX_DIMS) return SN_ENDIM;

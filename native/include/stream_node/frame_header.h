@@ -26,11 +26,13 @@
  *   80   4   crc                 CRC-32C of the 96 bytes with this field 0: a header damaged
  *                                   in transit (a flipped frame id) is refused, never written
  *                                   at the wrong index
- *   84   4   reserved0           must be 0
+ *   84   4   payload_crc         with SN_FLAG_PAYLOAD_CRC: CRC-32C of the payload part, checked by
+ *                                   every receiving stage (optional: `--checksum`); else 0
  *   88   8   reserved1[1]        must be 0
  *
- * Version 2 added `crc` (version 1 had 16 reserved bytes there); nodes of both versions never
- * mix: a reader refuses any other version by name.
+ * Version 2 added `crc` (version 1 had 16 reserved bytes there), version 3 `payload_crc` (a
+ * reserved word before); nodes of different versions never mix: a reader refuses any other
+ * version by name.
  *
  * All functions return 0 on success or one of the negative SN_E* codes below; they never allocate
  * and never read or write outside the buffer lengths they are given.
@@ -46,7 +48,7 @@ extern "C" {
 #endif
 
 #define SN_HEADER_MAGIC 0x52464E53u /* bytes 'S' 'N' 'F' 'R' */
-#define SN_HEADER_VERSION 2
+#define SN_HEADER_VERSION 3
 #define SN_HEADER_SIZE 96
 #define SN_MAX_DIMS 4
 #define SN_HEADER_RESERVED_WORDS 1 /* uint64_t words in reserved1; all 0 */
@@ -92,7 +94,8 @@ typedef enum sn_encoding {
 enum {
     SN_FLAG_PARTIAL = 1u << 0, /* some of the frame's data never arrived (filled with a defined value) */
     SN_FLAG_RESENT = 1u << 1,  /* a re-dispatched copy of a frame */
-    SN_FLAG_FAILED = 1u << 2   /* no data: processing failed; the msgpack payload says why */
+    SN_FLAG_FAILED = 1u << 2,  /* no data: processing failed; the msgpack payload says why */
+    SN_FLAG_PAYLOAD_CRC = 1u << 3 /* payload_crc holds the payload's CRC-32C */
 };
 
 /* Error codes: negative, stable, documented. */
@@ -109,7 +112,7 @@ enum {
                            non-zero unused one */
     SN_ESIZE = -9,      /* uncompressed_bytes != prod(shape) * itemsize */
     SN_EPAYLOAD = -10,  /* raw payload_bytes != uncompressed_bytes */
-    SN_ERESERVED = -11, /* reserved fields not zero */
+    SN_ERESERVED = -11, /* reserved fields not zero (or payload_crc without its flag) */
     SN_EBUFFER = -12,   /* output buffer smaller than SN_HEADER_SIZE */
     SN_ECRC = -13       /* crc does not match the header's bytes: damaged in transit */
 };
@@ -132,7 +135,7 @@ typedef struct sn_frame_header {
     uint32_t sender;
     uint32_t parts;
     uint32_t crc;
-    uint32_t reserved0;
+    uint32_t payload_crc;
     uint64_t reserved1[SN_HEADER_RESERVED_WORDS];
 } sn_frame_header;
 

@@ -10,6 +10,7 @@ from stream_node._native.frame_header cimport (
     SN_EMAGIC,
     SN_ETRUNCATED,
     SN_EVERSION,
+    SN_FLAG_PAYLOAD_CRC,
     SN_HEADER_MAGIC,
     SN_HEADER_SIZE,
     SN_HEADER_VERSION,
@@ -26,6 +27,7 @@ from stream_node.model.errors import ProtocolError
 
 HEADER_SIZE = SN_HEADER_SIZE
 HEADER_VERSION = SN_HEADER_VERSION
+FLAG_PAYLOAD_CRC = SN_FLAG_PAYLOAD_CRC
 MAX_DIMS = SN_MAX_DIMS
 
 
@@ -162,6 +164,16 @@ cdef class FrameHeader:
     @property
     def parts(self):
         return self.h.parts
+
+    @property
+    def payload_crc(self):
+        """The payload's CRC-32C when `flags` has FLAG_PAYLOAD_CRC (else 0)."""
+        return self.h.payload_crc
+
+    def seal(self, unsigned int payload_crc):
+        """Carry `payload_crc` (the payload's CRC-32C) for receivers to check."""
+        self.h.payload_crc = payload_crc
+        self.h.flags |= SN_FLAG_PAYLOAD_CRC
 
     def __eq__(self, other):
         if not isinstance(other, FrameHeader):

@@ -53,6 +53,7 @@ cdef extern from "stream_node/frame_header.h" nogil:
         SN_FLAG_PARTIAL
         SN_FLAG_RESENT
         SN_FLAG_FAILED
+        SN_FLAG_PAYLOAD_CRC
 
     # Error codes (negative).
     enum:
@@ -89,7 +90,7 @@ cdef extern from "stream_node/frame_header.h" nogil:
         uint32_t sender
         uint32_t parts
         uint32_t crc
-        uint32_t reserved0
+        uint32_t payload_crc
         uint64_t reserved1[SN_HEADER_RESERVED_WORDS]
 
     size_t sn_dtype_itemsize(uint8_t dtype)

@@ -59,6 +59,10 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--window", type=positive(int), default=64, metavar="N",
                      help="--reliable: frames kept until written (memory: N x frame; "
                           "default 64)")
+    src.add_argument("--checksum", action="store_true",
+                     help="seal every frame's payload with its CRC-32C; every stage checks it "
+                          "and drops (counts, records) a damaged one (about 0.4 ms per 8 MiB "
+                          "frame per hop)")
     node_options(src)
     src.set_defaults(handler=run)
     return src
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         kernels=args.kernels, geometry=args.geometry, reliable=args.reliable,
         credit=args.credit, window=args.window,
         collector_restart_s=args.collector_restart or 0.0, stall_timeout_s=args.stall_timeout,
-        resend_after_s=args.resend_after,
+        resend_after_s=args.resend_after, checksum=args.checksum,
         **node_settings(args)))
 
     def stop(signum: int, frame: object) -> None:

@@ -120,6 +120,7 @@ class RunContract:
     workers: int = 0
     software_version: str = ""
     origin: Mapping[str, Any] = field(default_factory=dict)
+    checksum: bool = False  # payloads carry their CRC-32C; stages that make one seal it
 
     @cached_property  # asked of every frame the collector admits
     def encoding(self) -> Encoding:
@@ -162,6 +163,7 @@ class RunContract:
             "per_frame_columns": list(self.per_frame_columns), "rate": self.rate,
             "workers": self.workers, "software_version": self.software_version,
             "dispatch": self.dispatch.to_wire(), "compression": self.compression,
+            "checksum": self.checksum,
         }
         if self.detector is not None:
             body["detector"] = dict(self.detector)
@@ -194,6 +196,7 @@ class RunContract:
             detector=_typed(body, "detector", dict, None), instrument=geometry,
             rate=_typed(body, "rate", float, 0.0), workers=_typed(body, "workers", int, 0),
             software_version=_typed(body, "software_version", str, ""),
+            checksum=_typed(body, "checksum", _boolean, False),
             origin={k: v for k, v in body.items() if k not in _CONTRACT_KEYS})
         if contract.compression not in ("none", "bslz4"):
             raise ProtocolError(f"START: unknown compression {contract.compression!r}")
@@ -206,7 +209,7 @@ class RunContract:
 _CONTRACT_KEYS = frozenset({
     "shape", "dtype", "input", "kernels", "frames", "first_frame_id", "per_frame_columns",
     "rate", "workers", "software_version", "dispatch", "compression", "detector",
-    "instrument"})
+    "instrument", "checksum"})
 
 
 def _field(body: Mapping[str, Any], key: str, where: str) -> Any:
@@ -231,6 +234,12 @@ def _typed(body: Mapping[str, Any], key: str, kind: Any, default: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"START: {key}: {exc}") from None
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r} is not true or false")
+    return value
 
 
 def _kernel_list(value: Any) -> list[dict[str, Any]]:

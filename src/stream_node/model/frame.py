@@ -9,13 +9,14 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from stream_node._native._frame import HEADER_SIZE, FrameHeader
+from stream_node._native._frame import FLAG_PAYLOAD_CRC, HEADER_SIZE, FrameHeader
 from stream_node.model.errors import ProtocolError
 
 __all__ = [
     "DTYPE_CODES",
     "FLAG_FAILED",
     "FLAG_PARTIAL",
+    "FLAG_PAYLOAD_CRC",
     "HEADER_SIZE",
     "Encoding",
     "FrameHeader",
@@ -26,6 +27,7 @@ __all__ = [
     "dtype_of",
     "failure_record",
     "frame_header",
+    "payload_crc",
     "payload_view",
     "reencoded",
 ]
@@ -48,6 +50,15 @@ class MsgType(IntEnum):
 
 FLAG_PARTIAL = 1 << 0  # SN_FLAG_PARTIAL: some of the frame's data never came (filled, counted)
 FLAG_FAILED = 1 << 2  # SN_FLAG_FAILED: a frame a worker could not process; the body says why
+
+
+def payload_crc(payload: Any) -> int:
+    """CRC-32C of a payload (any buffer), the code the header's own crc uses. Hardware
+    accelerated (SSE4.2) and without the GIL for large buffers: about 20 GB/s on one core, so
+    `--checksum` costs about 0.4 ms per 8 MiB frame at each hop (bench/transport.py)."""
+    import crc32c
+
+    return crc32c.crc32c(payload)
 
 
 class Encoding(IntEnum):

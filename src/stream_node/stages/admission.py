@@ -2,8 +2,9 @@
 
 A worker and the collector take frames from links that other runs, other programs or damaged
 peers can reach too. A message is admitted when it has two parts, a valid header of this run's
-id, is a FRAME, and its payload has the bytes its header says. Everything else is counted in the
-stage's drop ledger by kind ("malformed", "foreign", "unexpected", "invalid") and never used.
+id, is a FRAME, and its payload has the bytes its header says (and, when the header carries one,
+the CRC-32C it says: `--checksum`). Everything else is counted in the stage's drop ledger by
+kind ("malformed", "foreign", "unexpected", "invalid", "corrupt") and never used.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream_node.model.errors import ProtocolError
-from stream_node.model.frame import FrameHeader, MsgType
+from stream_node.model.frame import FLAG_PAYLOAD_CRC, FrameHeader, MsgType, payload_crc
 from stream_node.stages.drops import DropLedger
 
 
@@ -36,5 +37,9 @@ def admit(parts: Sequence[Any], run_id: int, drops: DropLedger) -> FrameHeader |
     if nbytes != header.payload_bytes:
         drops.drop("invalid", f"frame {header.frame_id}: payload has {nbytes} bytes, header "
                               f"says {header.payload_bytes}")
+        return None
+    if header.flags & FLAG_PAYLOAD_CRC and payload_crc(parts[1]) != header.payload_crc:
+        drops.drop("corrupt", f"frame {header.frame_id}: payload checksum mismatch (damaged "
+                              "in transit)", header.frame_id)
         return None
     return header

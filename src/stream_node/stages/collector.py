@@ -290,8 +290,10 @@ class Collector:
         assert self.writer is not None
         count = self._count()
         missing = self.writer.missing_indexes(count)
-        self._missing_reasons = {int(i): self._failed.get(int(i), reason or "not received")
-                                 for i in missing}
+        damaged = self.drops.frames  # ids whose copy came damaged (--checksum)
+        self._missing_reasons = {
+            int(i): self._failed.get(int(i)) or damaged.get(int(i) + self._first)
+            or reason or "not received" for i in missing}
         if len(missing):
             log.warning("collector: %d of %d frames missing: %s", len(missing), count, reason)
         self.summary = self._counters(count)

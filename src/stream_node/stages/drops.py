@@ -18,9 +18,12 @@ class DropLedger:
     def __init__(self, who: str) -> None:
         self.who = who
         self.by_reason: Counter[str] = Counter()
+        self.frames: dict[int, str] = {}  # frame id -> why, for drops that name their frame
 
-    def drop(self, kind: str, detail: str) -> None:
+    def drop(self, kind: str, detail: str, frame_id: int | None = None) -> None:
         self.by_reason[kind] += 1
+        if frame_id is not None:
+            self.frames[frame_id] = f"{self.who} dropped it: {detail}"
         n = self.by_reason[kind]
         if n <= WARN_LIMIT:
             suffix = " (further ones only counted)" if n == WARN_LIMIT else ""

@@ -22,6 +22,7 @@ from stream_node.links.control import ControlHub, Inbound, Liveness, Peer, defau
 from stream_node.links.counted import counted, output_counters
 from stream_node.links.credit import CreditOutput
 from stream_node.links.endpoints import open_output
+from stream_node.links.sealed import SealedOutput
 from stream_node.links.transport import LinkLimits
 from stream_node.model.contract import Dispatch, FrameGeometry, RunContract
 from stream_node.model.errors import ConfigError, ExitCode, PeerTimeout, RunAborted, StreamNodeError
@@ -59,6 +60,7 @@ class SourceConfig:
     ready_timeout_s: float = 30.0
     stall_timeout_s: float = 60.0  # a frame no live worker takes for this long ends the run
     resend_after_s: float = 10.0  # reliable mode: a frame not ACKed this long is sent again
+    checksum: bool = False  # seal every payload with its CRC-32C; each stage checks it
     liveness: Liveness = field(default_factory=Liveness)
     limits: LinkLimits = field(default_factory=LinkLimits)
     status: str | None = None  # endpoint to answer status requests on (stream-node status)
@@ -176,7 +178,8 @@ class Source:
             dispatch=Dispatch("credit", c.credit) if c.reliable else Dispatch(),
             per_frame_columns=tuple(origin.columns), detector=detector,
             instrument=self.instrument(), rate=c.rate,
-            workers=c.workers, software_version=__version__, origin=metadata)
+            workers=c.workers, software_version=__version__, origin=metadata,
+            checksum=c.checksum)
 
     def instrument(self) -> Instrument | None:
         """The run's geometry: what the detector's header said, with the geometry file's
@@ -243,6 +246,8 @@ class Source:
                           self.cfg.ring_slots, self.cfg.window if self.cfg.reliable else 0,
                           self.cfg.resend_after_s)
         out = self._out = counted(raw)
+        if self.cfg.checksum:
+            out = SealedOutput(out)
         try:
             hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
                              self.cfg.liveness, self.cfg.topology)

@@ -23,11 +23,13 @@ from stream_node.model.contract import RunContract
 from stream_node.model.errors import ProtocolError, RunAborted, StreamNodeError
 from stream_node.model.frame import (
     FLAG_FAILED,
+    FLAG_PAYLOAD_CRC,
     Encoding,
     FrameHeader,
     MsgType,
     failure_record,
     frame_header,
+    payload_crc,
     payload_view,
     reencoded,
 )
@@ -62,6 +64,7 @@ class Worker:
         self.bytes = 0
         self.failed = 0  # frames a kernel could not process (sent on as failure records)
         self.compress = False
+        self.checksum = False  # seal what this worker sends (--checksum)
         self.chain: Any = None
         self.unpacked: np.ndarray | None = None  # decompressed frame, when frames come bslz4
         self.stalls = 0
@@ -119,6 +122,7 @@ class Worker:
                 credit = (link.identity, link.run_id, run.dispatch.credit)
             inp = open_input(self.ctx, cfg.inputs, cfg.limits, credit)
             self.compress = run.compression == "bslz4"
+            self.checksum = run.checksum
             if self.compress:  # parallelism comes from the worker processes, not codec threads
                 compression.set_codec_threads(1)
             self._setup_kernels(run)
@@ -198,7 +202,7 @@ class Worker:
         header = admit(parts, link.run_id, self.drops)
         if header is None:
             return
-        payload = parts[1]
+        payload, remade = parts[1], False
         if header.flags & FLAG_FAILED:  # the origin or a worker upstream could not make it
             header.sender = self.cfg.index
             self._send(link, push, header.pack(), payload, copy)
@@ -223,15 +227,17 @@ class Worker:
                 return
             header = frame_header(out, header.run_id, header.frame_id, header.timestamp_ns,
                                   self.cfg.index, header.flags, header.parts)
-            payload, copy = out, True  # the chain reuses its output buffer for the next frame
+            payload, copy, remade = out, True, True  # the chain reuses its output buffer
         if self.compress and header.encoding == Encoding.RAW:
             # Compressed here, in parallel workers, so the collector only writes bytes; the
             # chunk is a new buffer, so it goes zero-copy even from a ring slot.
             payload = compression.compress(payload_view(header, payload))
             header = reencoded(header, Encoding.BSLZ4, payload.nbytes, self.cfg.index)
-            copy = False
+            copy, remade = False, True
         else:
             header.sender = self.cfg.index
+        if self.checksum and (remade or not header.flags & FLAG_PAYLOAD_CRC):
+            header.seal(payload_crc(payload))  # what leaves here is sealed, as it came
         self._send(link, push, header.pack(), payload, copy)
         self.frames += 1
         self.bytes += header.payload_bytes

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 COUNTERS = ("frames_expected", "frames_written", "bytes_written", "bytes_stored", "missing",
             "duplicates", "partial", "dropped_malformed", "dropped_foreign", "dropped_invalid",
-            "dropped_unexpected")
+            "dropped_unexpected", "dropped_corrupt")
 REASON_BYTES = 240
 # The oldest HDF5 object formats that still give SWMR and virtual datasets: those of HDF5 1.10.
 # Unbounded ("latest"), HDF5 2.0 writes a layout message HDF5 1.14 and the 1.10 tools that
