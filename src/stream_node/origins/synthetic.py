@@ -14,6 +14,7 @@ from stream_node.origins.base import GeneratedOrigin, OriginOptions
 
 # Knuth's multiplicative hash spreads consecutive ids over the pool, so neighbours differ.
 _SPREAD = 2654435761
+POOL_BYTES = 512 << 20
 
 
 class SyntheticDetector:
@@ -22,7 +23,9 @@ class SyntheticDetector:
     Drawing Poisson numbers costs ~10 ms per megapixel, far slower than the pipeline, so a small
     pool of images is drawn once and each frame is a pool image chosen by its id, with the id
     written into its first 8 bytes (little-endian). `frame(i)` is therefore a pure function of
-    (shape, dtype, seed, mean_photons, pool, i): any process recomputes the exact bytes.
+    (shape, dtype, seed, mean_photons, pool, i): any process recomputes the exact bytes. The
+    pool holds at most POOL_BYTES (8 images of up to 64 MiB; one of a 2 GiB frame), so a run of
+    LPD-size trains neither draws for a minute nor holds gigabytes it never sends.
     """
 
     def __init__(
@@ -31,7 +34,7 @@ class SyntheticDetector:
         dtype: str | np.dtype = "uint16",
         seed: int = 0,
         mean_photons: float = 2.0,
-        pool: int = 8,
+        pool: int | None = None,
     ) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
@@ -40,6 +43,8 @@ class SyntheticDetector:
             raise ConfigError(f"frame shape must have positive dimensions, got {self.shape}")
         if self.nbytes < 8:
             raise ConfigError(f"frames need at least 8 bytes to carry their id, got {self.nbytes}")
+        if pool is None:
+            pool = max(1, min(8, POOL_BYTES // self.nbytes))
         if pool < 1 or mean_photons < 0:
             raise ConfigError("pool must be >= 1 and mean_photons >= 0")
         # Drawn on first use, in order (so the bytes are those of drawing all at once): a run
@@ -72,7 +77,13 @@ class SyntheticDetector:
 
     def _image(self, k: int) -> np.ndarray:
         while len(self._pool) <= k:
-            self._pool.append(self._rng.poisson(self._mean, self.shape).astype(self.dtype))
+            # In blocks (the same variates as one draw): a 2 GiB image would otherwise pass
+            # through a 4 GiB int64 temporary.
+            image = np.empty(self.shape, self.dtype)
+            flat = image.reshape(-1)
+            for i in range(0, flat.size, 1 << 23):
+                flat[i:i + (1 << 23)] = self._rng.poisson(self._mean, flat[i:i + (1 << 23)].size)
+            self._pool.append(image)
         return self._pool[k]
 
     def frames(self, count: int, first: int = 0) -> Iterator[tuple[int, np.ndarray]]:
