@@ -33,6 +33,17 @@ every other row runs in one thread. The chain rows time what one worker core doe
 ``stream_node.kernels.compression.compress`` of the photons (bitshuffle/LZ4; its OpenMP is set
 to one thread), against the same chain with ``backend="reference"`` plus the same compression.
 
+JUNGFRAU 4M rows ("4096x1024 JF4M": the 8-module stack the UDP origin receives, assembled by
+`examples/geometry/jungfrau4m.geom` into 2164 x 2068 with gaps and split double pixels): the
+`assemble` kernel on energies (float32) and on photons (uint16), and two chains per core,
+"correct -> assemble -> compress" (keV, float32) and "correct -> photonise -> assemble ->
+compress" (photons, uint16, what `examples/jungfrau4m_preset.toml` runs). A chain's roofline is
+memcpy of the bytes its kernels must move (gain correction 15 B/px, photonise 6, assembly in +
+out, compression reads its input), so "vs roofline" says how close the chain runs to moving
+each byte once. The last lines project, on paper, the cores a 4M at 2 kHz and 1.1 kHz would
+need for the chain from these per-core rates (kernels and compression only: the UDP receiver's
+CPU and the collector's writes are not in it).
+
 Each figure is the median of per-call times (quick: calls for >= 0.3 s, at least 5; ``--full``
 1.5 s, at least 20), so one call disturbed by another process on this shared 2-core machine does
 not make the number. Every kernel's output is checked against its reference before it is timed;
@@ -43,6 +54,7 @@ Usage::
     python bench/kernels.py            # quick (default), about a minute
     python bench/kernels.py --full     # longer timing per row
     python bench/kernels.py --only 512 # only the 512x1024 frame
+    python bench/kernels.py --only JF4M  # only the JUNGFRAU 4M rows and chains
     python bench/kernels.py --kernel gain_correction  # only the gain correction rows
 """
 
@@ -55,6 +67,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -66,9 +79,15 @@ from stream_node.kernels import _numba, build_chain, reference
 from stream_node.kernels.compression import compress, set_codec_threads
 from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.stage import aligned_copy, aligned_empty
+from stream_node.model.geometry import Geometry
 
 SHAPES = ((512, 1024), (2048, 2048))
 PHOTON_KEV = 12.4
+JF4M = (4096, 1024)  # 8 JUNGFRAU modules as received
+JF4M_LABEL = "4096x1024 JF4M"
+JF4M_GEOMETRY = Path(__file__).resolve().parent.parent / "examples" / "geometry" / \
+    "jungfrau4m.geom"
+JF4M_RATES = (("2 kHz", 2000.0), ("1.1 kHz", 1100.0))  # frames/s of a 4M to project cores for
 
 
 @dataclass(frozen=True)
@@ -261,6 +280,21 @@ def rows_for(shape: tuple[int, int], mode: Mode, gain_only: bool = False) -> lis
         ((p_fast, c_fast), (p_ref, c_ref)), mode, reset=reset,
         note="dark frame; reads raw 2, reads+writes pedestal 8 and count 8 B/px"))
 
+    # dark-run statistics (the pedestal command), a dark frame folded into the G0 sums
+    state = [[aligned_empty(shape, t) for t in (np.uint32, np.uint64, np.uint64, np.uint32)]
+             for _ in range(2)]
+
+    def reset_dark() -> None:
+        for arrays in state:
+            for a in arrays:
+                a[...] = 0
+    rows.append(kernel_row(
+        "dark_accumulate", label, "u16 -> state", 50 * px, px,
+        _numba.dark_accumulate, reference.dark_accumulate,
+        (dark, 0, *state[0]), (dark, 0, *state[1]), (tuple(state[0]), tuple(state[1])), mode,
+        reset=reset_dark,
+        note="dark frame; reads raw 2, reads+writes count 8, sums 32, wrong 8 B/px"))
+
     # mask, in place on energies (as in a chain)
     m_fast, m_ref = aligned_copy(energy), aligned_copy(energy)
     rows.append(kernel_row(
@@ -311,27 +345,55 @@ def rows_for(shape: tuple[int, int], mode: Mode, gain_only: bool = False) -> lis
     return rows
 
 
+def jf4m_rows(mode: Mode) -> list[Row]:
+    """`assemble` of a JUNGFRAU 4M stack: energies (float32) and photons (uint16)."""
+    geometry = Geometry.from_file(JF4M_GEOMETRY)
+    table, gaps = aligned_copy(geometry.table()), aligned_copy(geometry.gap_runs())
+    rng = np.random.default_rng(2)
+    px_in, px_out = JF4M[0] * JF4M[1], geometry.image_shape[0] * geometry.image_shape[1]
+    rows = []
+    for dtype, io, fill, what in ((np.float32, "f32 -> f32", float("nan"), "energies"),
+                                  (np.uint16, "u16 -> u16", 65535, "photons")):
+        size = np.dtype(dtype).itemsize
+        frame = aligned_copy(rng.normal(0, 3, JF4M) if dtype == np.float32
+                             else rng.poisson(0.1, JF4M), dtype)
+        out_fast, out_ref = (aligned_empty(geometry.image_shape, dtype) for _ in range(2))
+        rows.append(kernel_row(
+            "assemble", JF4M_LABEL, io, size * (px_in + px_out), px_in,
+            _numba.assemble, reference.assemble, (frame, out_fast, table, gaps, fill),
+            (frame, out_ref, table, gaps, fill), ((out_fast,), (out_ref,)), mode,
+            note=f"{what} -> 2164x2068 with gaps, split double pixels; reads {size}, writes "
+                 f"{size * px_out / px_in:.2f} B per input pixel"))
+    return rows
+
+
 @dataclass
 class ChainRow:
+    name: str
     frame: str
     fps_fast: float
     fps_ref: float
+    fps_roof: float
     ratio_compressed: float
     ok: bool
     note: str = ""
 
 
-def chain_row(shape: tuple[int, int], mode: Mode) -> ChainRow:
-    """Frames/s of one core: Chain.apply (correct -> photonise) + compress of the photons."""
+def chain_row(shape: tuple[int, int], mode: Mode, name: str = "correct -> photonise -> compress",
+              extra: tuple[dict[str, Any], ...] = (), photons: bool = True,
+              label: str = "") -> ChainRow:
+    """Frames/s of one core: Chain.apply (gain correction [-> photonise] [-> more kernels]) +
+    compress of its output, against the reference chain and memcpy of the bytes it must move."""
     rng = np.random.default_rng(1)
     ped, gain = maps(shape, rng)
     mask = (rng.random(shape) < 0.01).astype(np.uint8)
     spec = [{"kernel": "gain_correction", "pedestal": ped, "gain": gain, "mask": mask},
-            {"kernel": "photonise", "photon_energy_kev": PHOTON_KEV, "threshold": 0.5}]
+            *([{"kernel": "photonise", "photon_energy_kev": PHOTON_KEV, "threshold": 0.5}]
+              if photons else []), *extra]
     fast = build_chain(spec, shape, np.uint16)
     slow = build_chain(spec, shape, np.uint16, backend="reference")
     frames = [raw_frame(shape, "spots", rng) for _ in range(4)]
-    ok = all(np.array_equal(fast.apply(f), slow.apply(f)) for f in frames)
+    ok = all(np.array_equal(fast.apply(f), slow.apply(f), equal_nan=True) for f in frames)
     state = {"i": 0}
 
     def step(chain: Any) -> Callable[[], Any]:
@@ -342,10 +404,30 @@ def chain_row(shape: tuple[int, int], mode: Mode) -> ChainRow:
 
     t_fast = median_call(step(fast), mode)
     t_ref = median_call(step(slow), Mode(mode.seconds, 3))
-    chunk = compress(fast.apply(frames[0]))
-    ratio = frames[0].size * 2 / chunk.nbytes
-    return ChainRow(f"{shape[0]}x{shape[1]}", 1 / t_fast, 1 / t_ref, ratio, ok,
+    out = fast.apply(frames[0])
+    chunk = compress(out)
+    ratio = out.nbytes / chunk.nbytes
+    px = shape[0] * shape[1]
+    # bytes the kernels must move: correction 15 B/px, photonise 6, each later kernel its input
+    # and output, compression its input
+    moved = 15 * px + (6 * px if photons else 0) + out.nbytes
+    step_in = px * (2 if photons else 4)
+    for stage in fast.stages[1 + photons:]:
+        step_out = int(np.prod(stage.out_shape)) * stage.out_dtype.itemsize
+        moved += step_in + step_out
+        step_in = step_out
+    return ChainRow(name, label or f"{shape[0]}x{shape[1]}", 1 / t_fast, 1 / t_ref,
+                    1 / memcpy_time(moved, mode), ratio, ok,
                     "" if ok else "chain output differs from the reference chain")
+
+
+def jf4m_chains(mode: Mode) -> list[ChainRow]:
+    """The JUNGFRAU 4M chains of one worker core, in keV and in photons."""
+    assemble = ({"kernel": "assemble", "geometry": str(JF4M_GEOMETRY)},)
+    return [chain_row(JF4M, mode, "correct -> assemble -> compress", assemble, photons=False,
+                      label=JF4M_LABEL),
+            chain_row(JF4M, mode, "correct -> photonise -> assemble -> compress", assemble,
+                      label=JF4M_LABEL)]
 
 
 def fmt(x: float, digits: int = 1) -> str:
@@ -365,15 +447,31 @@ def table(rows: list[Row]) -> str:
 
 
 def chain_table(rows: list[ChainRow]) -> str:
-    head = ["chain (one core)", "frame", "numba frames/s", "numpy frames/s", "vs numpy",
-            "compression ratio", "note"]
+    head = ["chain (one core)", "frame", "numba frames/s", "numpy frames/s", "roofline frames/s",
+            "vs numpy", "vs roofline", "compression ratio", "note"]
     out = []
     for r in rows:
         note = r.note if r.ok else f"FAILED: {r.note}"
-        out.append(["correct -> photonise -> compress", r.frame, f"{r.fps_fast:.0f}",
-                    f"{r.fps_ref:.1f}", f"{r.fps_fast / r.fps_ref:.1f}x",
-                    f"{r.ratio_compressed:.1f}", note])
-    return md_table(head, "llrrrrl", out)
+        out.append([r.name, r.frame, f"{r.fps_fast:.0f}", f"{r.fps_ref:.1f}",
+                    f"{r.fps_roof:.0f}", f"{r.fps_fast / r.fps_ref:.1f}x",
+                    f"{r.fps_fast / r.fps_roof:.2f}x", f"{r.ratio_compressed:.1f}", note])
+    return md_table(head, "llrrrrrrl", out)
+
+
+def projection(rows: list[ChainRow]) -> list[str]:
+    """Cores a JUNGFRAU 4M would need for each JF4M chain at each rate: a projection on paper
+    from this run's per-core frames/s, assuming workers scale with cores (they share nothing
+    but memory bandwidth, which this does not model)."""
+    raw = JF4M[0] * JF4M[1] * 2
+    lines = []
+    for r in rows:
+        if r.frame != JF4M_LABEL:
+            continue
+        need = ", ".join(f"{rate} ({hz * raw / 1e9:.1f} GB/s raw): {hz / r.fps_fast:.0f} cores"
+                         for rate, hz in JF4M_RATES)
+        lines.append(f"projection, on paper, {r.name} at {r.fps_fast:.0f} frames/s per core: "
+                     f"{need}")
+    return lines
 
 
 def floors(rows: list[Row]) -> list[str]:
@@ -407,9 +505,14 @@ def main(argv: list[str] | None = None) -> int:
         rows += [r for r in rows_for(shape, mode, gain_only) if opts.kernel in r.kernel]
         print(f"  kernels {shape[0]}x{shape[1]} done ({time.monotonic() - t_start:.0f} s)",
               file=sys.stderr, flush=True)
+    jf4m = opts.only in JF4M_LABEL
+    if jf4m and opts.kernel in "assemble":
+        rows += jf4m_rows(mode)
     n = set_codec_threads(1)
     omp = f"OpenMP threads {n}" if n else "bitshuffle without OpenMP"
     chains = [] if opts.kernel else [chain_row(shape, mode) for shape in shapes]
+    if jf4m and not opts.kernel:
+        chains += jf4m_chains(mode)
     print(f"\nstream-node kernel bench ({'full' if opts.full else 'quick'}, "
           f"{time.monotonic() - t_start:.0f} s): {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
@@ -422,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbitshuffle: {omp}.\n")
     print(chain_table(chains))
     print()
-    for line in floors(rows):
+    for line in floors(rows) + projection(chains):
         print(f"- {line}")
     return 0 if all(r.ok for r in rows) and all(c.ok for c in chains) else 1
 

@@ -501,7 +501,7 @@ def test_bad_chain_specs_are_config_errors(detector, tmp_path, spec, match):
 
 def test_registry_names_every_kernel_with_both_implementations():
     assert set(KERNELS) == {"gain_correction", "pedestal_update", "apply_mask", "photonise",
-                            "bin2x2", "bin4x4", "roi_sums", "azimuthal_integrate"}
+                            "bin2x2", "bin4x4", "roi_sums", "azimuthal_integrate", "assemble"}
     for name, info in KERNELS.items():
         assert info.reference is getattr(reference, name)
         assert info.fast is getattr(_numba, name)

@@ -19,6 +19,8 @@ from stream_node._version import __version__
 
 # public name -> the module that defines it
 _EXPORTS = {
+    "Calibration": "kernels.calibration",
+    "ChipLayout": "model.instrument",
     "Collector": "stages.collector",
     "CollectorConfig": "stages.collector",
     "ConfigError": "model.errors",
@@ -26,7 +28,11 @@ _EXPORTS = {
     "Encoding": "model.frame",
     "EndOfStream": "model.errors",
     "ExitCode": "model.errors",
+    "DarkSeries": "kernels.dark",
     "FrameHeader": "model.frame",
+    "Geometry": "model.geometry",
+    "Instrument": "model.instrument",
+    "JungfrauSimulator": "origins.jungfrau_sim",
     "KernelError": "model.errors",
     "LinkLimits": "links.transport",
     "Liveness": "links.control",
@@ -49,25 +55,35 @@ _EXPORTS = {
     "SyntheticDetector": "origins.synthetic",
     "Worker": "stages.worker",
     "WorkerConfig": "stages.worker",
+    "calibrate_darks": "kernels.dark",
     "frame_header": "model.frame",
     "payload_view": "model.frame",
     "query_status": "ops.status_client",
     "load_run": "storage.reader",
+    "read_calibration": "kernels.calibration",
+    "read_psi_gain_maps": "kernels.calibration",
     "read_run": "storage.reader",
     "run_local_pipeline": "deploy.demo",
     "stamped_id": "origins.synthetic",
     "subscribe": "ops.tap",
+    "write_calibration": "kernels.calibration",
 }
 
 __all__ = [
+    "Calibration",
+    "ChipLayout",
     "Collector",
     "CollectorConfig",
     "ConfigError",
     "Consumer",
+    "DarkSeries",
     "Encoding",
     "EndOfStream",
     "ExitCode",
     "FrameHeader",
+    "Geometry",
+    "Instrument",
+    "JungfrauSimulator",
     "KernelError",
     "LinkLimits",
     "Liveness",
@@ -91,18 +107,29 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "__version__",
+    "calibrate_darks",
     "frame_header",
     "load_run",
     "payload_view",
     "query_status",
+    "read_calibration",
+    "read_psi_gain_maps",
     "read_run",
     "run_local_pipeline",
     "stamped_id",
     "subscribe",
+    "write_calibration",
 ]
 
 if TYPE_CHECKING:
     from stream_node.deploy.demo import run_local_pipeline
+    from stream_node.kernels.calibration import (
+        Calibration,
+        read_calibration,
+        read_psi_gain_maps,
+        write_calibration,
+    )
+    from stream_node.kernels.dark import DarkSeries, calibrate_darks
     from stream_node.links.control import Liveness
     from stream_node.links.ring import Consumer, Ring, RingFrame
     from stream_node.links.transport import LinkLimits
@@ -122,8 +149,11 @@ if TYPE_CHECKING:
         StreamNodeError,
     )
     from stream_node.model.frame import Encoding, FrameHeader, MsgType, frame_header, payload_view
+    from stream_node.model.geometry import Geometry
+    from stream_node.model.instrument import ChipLayout, Instrument
     from stream_node.ops.status_client import query_status
     from stream_node.ops.tap import subscribe
+    from stream_node.origins.jungfrau_sim import JungfrauSimulator
     from stream_node.origins.synthetic import SyntheticDetector, stamped_id
     from stream_node.stages.collector import Collector, CollectorConfig
     from stream_node.stages.source import RunSummary, Source, SourceConfig

@@ -21,6 +21,7 @@ from stream_node.cli import (
     demo,
     inspect_file,
     keys,
+    pedestal,
     source,
     status,
     topology,
@@ -38,7 +39,8 @@ from stream_node.stages.allocator import keep_message_buffers
 log = logging.getLogger("stream_node")
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
-COMMANDS = (demo, source, worker, collector, status, view, keys, inspect_file, topology)
+COMMANDS = (demo, source, worker, collector, status, view, keys, inspect_file, topology,
+            pedestal)
 
 
 def build_parser() -> argparse.ArgumentParser:

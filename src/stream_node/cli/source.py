@@ -27,15 +27,16 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="workers to wait for before frame 0")
     frame_options(src, 1000)
     src.add_argument("--from", dest="origin", default="synthetic:", metavar="ORIGIN",
-                     help="synthetic: (default), file://RUN.h5 (replay a written run), "
+                     help="synthetic: (default), synthetic:jungfrau?modules=N (a simulated "
+                          "JUNGFRAU), file://RUN.h5 (replay a written run), "
                           "udp://HOST:PORT?modules=N&frames=N (detector UDP packets, needs "
                           "--data ring://NAME; options in stream_node.origins.udp), "
                           "dectris+tcp://, "
                           "dectris2+tcp://, karabo+tcp:// (detector streams)")
     src.add_argument("--geometry", default=None, metavar="FILE",
-                     help="beam, detector and goniometer geometry (TOML or JSON, see "
-                          "examples/geometry/) for the file's NXmx groups; its values win over "
-                          "a detector header's")
+                     help="beam, detector and goniometer geometry (TOML or JSON, or a "
+                          "CrystFEL .geom file; see examples/geometry/) for the file's NXmx "
+                          "groups; its values win over a detector header's")
     src.add_argument("--recorded-rate", action="store_true",
                      help="with --from file://: send at the pace the frames were taken")
     src.add_argument("--origin-timeout", type=positive(float), default=10.0, metavar="S",

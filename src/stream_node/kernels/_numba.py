@@ -378,6 +378,32 @@ def pedestal_update(raw: np.ndarray, pedestal: np.ndarray, counts: np.ndarray, w
 
 
 @njit(**_OPTS)
+def dark_accumulate(raw: np.ndarray, stage: int, counts: np.ndarray, sums: np.ndarray,
+                    squares: np.ndarray, wrong: np.ndarray) -> int:
+    """See `reference.dark_accumulate`: per-pixel count, sum and sum of squares of a dark
+    series' ADC values in its gain stage, and a count of frames in another stage. Branch-free
+    (every array is updated by 0 or 1 times the value), so the loop vectorises."""
+    n = raw.size
+    r = raw.reshape(n)
+    c = counts.reshape(n)
+    s = sums.reshape(n)
+    q = squares.reshape(n)
+    w = wrong.reshape(n)
+    code = np.uint16(stage + (stage >> 1))  # 0 -> 0b00, 1 -> 0b01, 2 -> 0b11
+    elsewhere = 0
+    for x in range(n):
+        v = r[x]
+        hit = (v >> 14) == code
+        a = np.uint64(v & _ADC) * np.uint64(hit)
+        c[x] += np.uint32(hit)
+        s[x] += a
+        q[x] += a * a
+        w[x] += np.uint32(not hit)
+        elsewhere += not hit
+    return elsewhere
+
+
+@njit(**_OPTS)
 def apply_mask(frame: np.ndarray, out: np.ndarray, mask: np.ndarray, fill: float) -> int:
     """See `reference.apply_mask`; `out` may be `frame` (in place)."""
     n = frame.size
@@ -498,3 +524,108 @@ def azimuthal_integrate(frame: np.ndarray, out: np.ndarray, bin_index: np.ndarra
             else:
                 skipped += 1
     return skipped
+
+
+def _share(v, d, rank):
+    """Image pixel `rank` of the `d` a raw value covers (see `reference.assemble`): v / d for
+    floats; v // d, plus one for the first v % d ranks, for integers. By type (overload)."""
+
+
+@overload(_share, jit_options=_OPTS)
+def _share_typed(v, d, rank):
+    if isinstance(v, types.Float):
+        return lambda v, d, rank: v / d
+
+    def whole(v, d, rank):
+        q = v // d
+        return q + (rank < v - q * d)
+    return whole
+
+
+@njit(**_OPTS)
+def _axis_start(i, chip, n, double):
+    """(first image index, image pixels) of raw index i: `model.geometry.axis_map`, one index."""
+    if double == 0:
+        return i, 1
+    k = i // chip
+    j = i - k * chip
+    if j == chip - 1 and k < n // chip - 1:
+        return i + 2 * k, 2
+    if j == 0 and k > 0:
+        return i + 2 * k - 1, 2
+    return i + 2 * k, 1
+
+
+@njit(**_OPTS)
+def _run(o, start, step, src, d, rank):
+    """src[j], shared among d, to o[start + j * step]. The common steps (+1: a module as read
+    out, -1: one turned by 180 degrees) write a contiguous slice, which LLVM vectorises."""
+    n = src.size
+    if step == 1:
+        dst = o[start:start + n]
+        if d == 1:
+            for j in range(n):
+                dst[j] = src[j]
+        else:
+            for j in range(n):
+                dst[j] = _share(src[j], d, rank)
+    elif step == -1:
+        dst = o[start - n + 1:start + 1]
+        for j in range(n):
+            dst[n - 1 - j] = _share(src[j], d, rank)
+    else:
+        for j in range(n):
+            o[start + j * step] = _share(src[j], d, rank)
+
+
+@njit(**_OPTS)
+def _place(frame, o, width, m):
+    """One module (a row of the table) into the flat image `o` of `width` columns: per raw row
+    and chip, the chip's plain pixels as one run, then its double border pixels one by one."""
+    r0, c0, rows, cols = m[0], m[1], m[2], m[3]
+    base = m[4] * width + m[5]
+    fstep = m[6] * width + m[7]
+    sstep = m[8] * width + m[9]
+    chip_r, chip_c, double = m[10], m[11], m[12]
+    n_chips = cols // chip_c
+    shift = 2 if double != 0 else 0
+    for s in range(rows):
+        a_s, ms = _axis_start(s, chip_r, rows, double)
+        line = frame[r0 + s, c0:c0 + cols]
+        for sub in range(ms):
+            ob = base + (a_s + sub) * sstep
+            for k in range(n_chips):
+                lo = k * chip_c
+                hi = lo + chip_c
+                left = double != 0 and k > 0
+                right = double != 0 and k < n_chips - 1
+                plain_lo = lo + 1 if left else lo
+                plain_hi = hi - 1 if right else hi
+                _run(o, ob + (plain_lo + shift * k) * fstep, fstep, line[plain_lo:plain_hi],
+                     ms, sub)
+                if left:  # covers the image column before its own, and its own
+                    a = lo + 2 * k - 1
+                    for c in range(2):
+                        o[ob + (a + c) * fstep] = _share(line[lo], 2 * ms, sub * 2 + c)
+                if right:
+                    a = hi - 1 + 2 * k
+                    for c in range(2):
+                        o[ob + (a + c) * fstep] = _share(line[hi - 1], 2 * ms, sub * 2 + c)
+
+
+@njit(**_OPTS)
+def assemble(frame: np.ndarray, out: np.ndarray, modules: np.ndarray, gaps: np.ndarray,
+             fill: float) -> int:
+    """See `reference.assemble`: modules placed by the table, gaps filled from `gaps` runs
+    (first flat index, length), so each image pixel is written once."""
+    o = out.reshape(out.size)
+    fv = out.dtype.type(fill)
+    filled = 0
+    for g in range(gaps.shape[0]):
+        a = gaps[g, 0]
+        n = gaps[g, 1]
+        o[a:a + n] = fv
+        filled += n
+    for k in range(modules.shape[0]):
+        _place(frame, o, out.shape[1], modules[k])
+    return filled

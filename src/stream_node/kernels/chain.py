@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from stream_node.kernels.registry import build_stage
 from stream_node.kernels.stage import Stage, aligned_empty
 from stream_node.model.errors import ConfigError, KernelError
+from stream_node.model.geometry import Geometry
 
 INPUT = "chain input"  # the `kernel` of a KernelError about the frame itself
 BACKENDS = ("numba", "reference")
@@ -120,6 +122,34 @@ def chain_geometry(spec: Sequence[Mapping[str, Any]], frame_shape: Sequence[int]
     needs the output geometry for START, the workers compile the kernels."""
     last = _stages(spec, frame_shape, frame_dtype, "reference")[-1]
     return last.out_shape, last.out_dtype
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """What a chain's output is an image of, for the file that stores it."""
+
+    pixel_mask: np.ndarray | None  # uint32, `model.pixel_mask` bits; None: no bad pixel known
+    geometry: Geometry | None  # the geometry the output was assembled with, if it was
+
+
+def output_layout(spec: Sequence[Mapping[str, Any]], frame_shape: Sequence[int],
+                  frame_dtype: np.dtype | type | str) -> OutputLayout:
+    """The pixel mask of a chain's output (the bad pixels its maps mask, the gaps of an
+    assembly, carried through binning) and the geometry of an assembled output, computed
+    without compiling: the collector writes them into the file's NXdetector."""
+    stages = _stages(spec, frame_shape, frame_dtype, "reference")
+    mask: np.ndarray | None = np.zeros(tuple(int(n) for n in frame_shape), np.uint32)
+    geometry = None
+    for stage in stages:
+        if mask is not None:
+            mask = stage.output_mask(mask)
+        if stage.geometry is not None:
+            geometry = stage.geometry
+        elif geometry is not None and stage.out_shape != geometry.image_shape:
+            geometry = None  # binned or reduced: no longer that geometry's image
+    if mask is not None and not mask.any():
+        mask = None
+    return OutputLayout(mask, geometry)
 
 
 def _stages(spec: Sequence[Mapping[str, Any]], frame_shape: Sequence[int],

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stream_node.model.geometry import axis_map
+
 ADC_MASK = 0x3FFF
 INVALID_STAGE = 2  # the 0b10 code: no gain stage of the detector reports it
 
@@ -69,6 +71,26 @@ def pedestal_update(raw: np.ndarray, pedestal: np.ndarray, counts: np.ndarray,
         p = pedestal[stage][sel]
         pedestal[stage][sel] = p + (adc[sel] - p) / n.astype(np.float32)
     return int((~valid).sum())
+
+
+def dark_accumulate(raw: np.ndarray, stage: int, counts: np.ndarray, sums: np.ndarray,
+                    squares: np.ndarray, wrong: np.ndarray) -> int:
+    """Fold one frame of a dark series, taken with the detector held in gain stage `stage`
+    (0, 1, 2 for G0, G1, G2), into per-pixel sums; returns how many pixels were elsewhere.
+
+    A pixel in that stage adds 1 to `counts` (uint32), its ADC value to `sums` and its square to
+    `squares` (uint64: exact, so mean and variance come out the same however the frames were
+    split); a pixel in another stage, or in the invalid one, adds 1 to `wrong` (uint32)
+    instead. The arrays are the frame's shape and are updated in place.
+    """
+    index, valid = stage_index(raw)
+    hit = valid & (index == stage)
+    adc = (raw & ADC_MASK).astype(np.uint64)
+    counts[hit] += np.uint32(1)
+    sums[hit] += adc[hit]
+    squares[hit] += adc[hit] * adc[hit]
+    wrong[~hit] += np.uint32(1)
+    return int((~hit).sum())
 
 
 def apply_mask(frame: np.ndarray, out: np.ndarray, mask: np.ndarray, fill: float) -> int:
@@ -154,3 +176,46 @@ def azimuthal_integrate(frame: np.ndarray, out: np.ndarray, bin_index: np.ndarra
     out[0] = np.bincount(bins[use], weights=values[use], minlength=nbins)[:nbins]
     out[1] = np.bincount(bins[use], minlength=nbins)[:nbins]
     return int((inside & ~finite).sum())
+
+
+def assemble(frame: np.ndarray, out: np.ndarray, modules: np.ndarray, gaps: np.ndarray,
+             fill: float) -> int:
+    """The detector's image from a frame of stacked modules; returns how many gap pixels.
+
+    `modules` is `model.geometry.Geometry.table()`: per module its block of the frame, where
+    its first pixel goes in `out`, the image steps of its fast and slow axes, and its chips.
+    Pixel (s, f) of a module covers image pixels start + s' * slow + f' * fast for each (s', f')
+    of its assembled place (`model.geometry.axis_map`): one for a plain pixel, two for a
+    double-size chip-border pixel, four where two borders meet. A value covering d image pixels
+    is shared so that their sum is the pixel's value:
+
+    * floats: each gets value / d (exact: d is 1, 2 or 4);
+    * integers: each gets value // d, and the first value % d of them (in the module's own
+      row-major order) one more, so the counts stay integers and none is lost or made up.
+
+    Every other pixel of `out` is `fill` (`gaps`, the gap runs the fast kernel fills, is not
+    needed here: this fills everything first). Same dtype in and out.
+    """
+    out[...] = fill
+    placed = 0
+    for row in np.asarray(modules).tolist():
+        r0, c0, rows, cols, s_row, s_col, f_row, f_col, l_row, l_col, chip_r, chip_c, dbl = row
+        raw = frame[r0:r0 + rows, c0:c0 + cols]
+        r_start, r_count = axis_map(rows, chip_r, bool(dbl))
+        c_start, c_count = axis_map(cols, chip_c, bool(dbl))
+        ri = np.repeat(np.arange(rows), r_count)  # the raw row of each image row, in order
+        ci = np.repeat(np.arange(cols), c_count)
+        sub_r = np.arange(ri.size) - r_start[ri]  # which of its pixel's image rows it is
+        sub_c = np.arange(ci.size) - c_start[ci]
+        shares = r_count[ri][:, None] * c_count[ci][None, :]
+        rank = sub_r[:, None] * c_count[ci][None, :] + sub_c[None, :]
+        values = raw[ri][:, ci]
+        if out.dtype.kind == "f":
+            big = values / shares
+        else:
+            whole = np.floor_divide(values, shares)
+            big = whole + (rank < values - whole * shares)
+        a, b = np.indices(big.shape)
+        out[s_row + a * l_row + b * f_row, s_col + a * l_col + b * f_col] = big
+        placed += big.size
+    return int(out.size - placed)

@@ -2,9 +2,11 @@
 
 A spec entry is a dict: ``{"kernel": NAME, **params}``. NAME is a built-in (the keys of
 `KERNELS`) or ``python:package.module.function``, a user kernel. Each builder checks its
-parameters, loads its maps (a ``.npy`` path or an array) and checks their shapes once, here, so
-that everything wrong with a configuration is a `ConfigError` before the first frame, naming the
-stage and the parameter.
+parameters, loads its maps (a ``.npy`` path or an array; for the gain correction also PSI
+gain-map files, pedestal files and calibration files, `kernels.calibration`; for assembly a
+geometry file, `model.geometry`) and checks their shapes once, here, so that everything wrong
+with a configuration is a `ConfigError` before the first frame, naming the stage and the
+parameter. Each stage also knows what its output's pixel mask is (`Stage.output_mask`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 import numba
 import numpy as np
 
-from stream_node.kernels import _numba, reference
+from stream_node.kernels import _numba, calibration, reference
 from stream_node.kernels.geometry import azimuthal_bin_index, checked_rois
 from stream_node.kernels.stage import GainStage, PedestalStage, Stage, aligned_copy
 from stream_node.model.errors import ConfigError
+from stream_node.model.geometry import Geometry
+from stream_node.model.pixel_mask import USER
 
 USER_PREFIX = "python:"
 # Frame dtypes the summing kernels accept: their sums are exact in int64 / float64.
@@ -141,27 +145,96 @@ def _mask(p: _Params, shape: tuple[int, ...], required: bool) -> np.ndarray | No
     return p.array("mask", shape, np.uint8, required=required)
 
 
+def _serials(p: _Params) -> list[str] | None:
+    raw = p.values.get("serials")
+    if raw is None:
+        return None
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)) or not all(
+            isinstance(v, str) for v in raw):
+        raise p.error("serials", f"must be a list of module serials in module order, not {raw!r}")
+    return list(raw)
+
+
+def _path_param(p: _Params, key: str) -> str:
+    value = p.values[key]
+    if not isinstance(value, (str, os.PathLike)):
+        raise p.error(key, f"must be a file path, not {type(value).__name__}")
+    return os.fspath(value)
+
+
+def _gain_inputs(p: _Params, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray | None]:
+    """(pedestal, gain, pixel-mask bits) in the frame's layout, from every source a spec may
+    name: a calibration file first, then gain_maps / gain and pedestal replacing its maps, and
+    mask adding to its bad pixels (as `model.pixel_mask.USER`)."""
+    serials = _serials(p)
+    maps: dict[str, np.ndarray] = {}
+    if p.has("calibration"):
+        path = _path_param(p, "calibration")
+        where = f"{p.label}: parameter 'calibration' ({path})"
+        try:
+            cal = calibration.read_calibration(path)
+        except ConfigError as exc:
+            raise ConfigError(f"{p.label}: parameter 'calibration': {exc}") from None
+        maps = cal.frame_maps(shape, where, serials)
+    if p.has("gain_maps"):
+        if p.has("gain"):
+            raise ConfigError(f"{p.label}: give 'gain' (a .npy map) or 'gain_maps' (PSI files), "
+                              "not both")
+        where = f"{p.label}: parameter 'gain_maps'"
+        psi = calibration.read_psi_gain_maps(p.values["gain_maps"], p.flag("high_gain"), where)
+        maps["gain"] = psi.frame_maps(shape, where, serials)["gain"]
+    elif p.flag("high_gain"):
+        raise p.error("high_gain", "selects planes of PSI files: give 'gain_maps' too")
+    if p.has("pedestal"):
+        value = p.values["pedestal"]
+        if isinstance(value, (str, os.PathLike)) and os.fspath(value).lower().endswith(
+                calibration.HDF5_SUFFIXES):
+            where = f"{p.label}: parameter 'pedestal' ({os.fspath(value)})"
+            found = calibration.read_pedestal(value, shape, where).frame_maps(shape, where,
+                                                                              serials)
+            maps["pedestal"] = found["pedestal"]
+            if "pixel_mask" in found and "pixel_mask" not in maps:
+                maps["pixel_mask"] = found["pixel_mask"]
+        else:
+            maps["pedestal"] = p.array("pedestal", (3, *shape), np.float32)  # type: ignore
+    if p.has("gain"):
+        maps["gain"] = p.array("gain", (3, *shape), np.float32)  # type: ignore[assignment]
+    for key, what in (("pedestal", "a .npy or HDF5 pedestal file"), ("gain", "a .npy map or "
+                                                                     "'gain_maps'")):
+        if key not in maps:
+            raise ConfigError(f"{p.label}: parameter {key!r} is required ({what}, an array of "
+                              f"shape {(3, *shape)}, or a 'calibration' that has it)")
+    bits = maps.get("pixel_mask")
+    user = _mask(p, shape, required=False)
+    if user is not None:
+        added = np.where(user != 0, np.uint32(USER), np.uint32(0))
+        bits = added if bits is None else bits | added
+    return maps["pedestal"], maps["gain"], None if bits is None else bits.astype(np.uint32)
+
+
 def _build_gain_correction(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
                            impl: ModuleType) -> Stage:
     _need_dtype(p.label, dtype, (np.dtype(np.uint16),))
-    pedestal = p.array("pedestal", (3, *shape), np.float32)
-    gain = p.array("gain", (3, *shape), np.float32)
-    mask = _mask(p, shape, required=False)
+    pedestal, gain, bits = _gain_inputs(p, shape)
+    if p.has("photon_energy_kev"):  # photons out instead of keV: the gains scaled once, here
+        gain = gain * np.float32(p.number("photon_energy_kev", positive=True))
+    pedestal, gain = aligned_copy(pedestal, np.float32), aligned_copy(gain, np.float32)
+    mask = None if bits is None else aligned_copy((bits != 0).astype(np.uint8))
     fill = p.number("fill", 0.0, allow_nan=True)
     parallel = p.flag("parallel")
     n_masked = 0 if mask is None else int(np.count_nonzero(mask))
     if impl is not _numba:
         return GainStage(p.label, "gain_correction", impl.gain_correction,
                          (pedestal, gain, mask, fill), shape, np.dtype(np.float32),
-                         n_masked=n_masked)
+                         n_masked=n_masked, mask_bits=bits)
     # The Numba kernel reads the G1/G2 maps as (pedestal, gain) pairs: interleaved once, here;
     # its index buffers too (a row per thread), so that no frame allocates.
-    assert pedestal is not None and gain is not None
     fn = _numba.gain_correction_packed_parallel if parallel else _numba.gain_correction_packed
     scratch = _numba.gain_scratch(numba.get_num_threads() if parallel else 1)
     return GainStage(p.label, "gain_correction", fn,
                      (*_numba.pack_gain_maps(pedestal, gain), mask, fill, scratch), shape,
-                     np.dtype(np.float32), n_masked=n_masked)
+                     np.dtype(np.float32), n_masked=n_masked, mask_bits=bits)
 
 
 def _build_pedestal_update(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
@@ -188,8 +261,10 @@ def _build_apply_mask(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
         info = np.iinfo(dtype)
         if fill != int(fill) or not info.min <= fill <= info.max:
             raise p.error("fill", f"must be an integer a {dtype} holds, not {fill!r}")
+    assert mask is not None
     return Stage(p.label, "apply_mask", impl.apply_mask, (mask, fill), shape, dtype,
-                 count_name="masked", inplace=True)
+                 count_name="masked", inplace=True,
+                 mask_bits=np.where(mask != 0, np.uint32(USER), np.uint32(0)))
 
 
 def _build_photonise(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
@@ -227,9 +302,41 @@ def _binner(factor: int) -> Builder:
         if 0 in out_shape:
             raise ConfigError(f"{p.label}: a {shape[0]}x{shape[1]} frame has no full "
                               f"{factor}x{factor} block")
-        return Stage(p.label, name, getattr(impl, name), (), out_shape, binned_dtype(dtype))
+        return Stage(p.label, name, getattr(impl, name), (), out_shape, binned_dtype(dtype),
+                     mask_fn=lambda mask: _or_blocks(mask, factor))
 
     return build
+
+
+def _or_blocks(mask: np.ndarray, factor: int) -> np.ndarray:
+    """A pixel mask binned as the pixels are: a binned pixel has every bit of its block."""
+    ny, nx = mask.shape[0] // factor, mask.shape[1] // factor
+    blocks = mask[: ny * factor, : nx * factor].reshape(ny, factor, nx, factor)
+    return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
+
+
+def _gap_value(p: _Params, dtype: np.dtype) -> float:
+    """`fill` of the assembly's gaps: by default NaN for floats, the dtype's largest value for
+    unsigned integers (as DECTRIS marks gaps), -1 for signed ones."""
+    if dtype.kind == "f":
+        return p.number("fill", float("nan"), allow_nan=True)
+    info = np.iinfo(dtype)
+    fill = p.number("fill", info.max if dtype.kind == "u" else -1)
+    if fill != int(fill) or not info.min <= fill <= info.max:
+        raise p.error("fill", f"must be an integer a {dtype} holds, not {fill!r}")
+    return fill
+
+
+def _build_assemble(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
+                    impl: ModuleType) -> Stage:
+    _need_dtype(p.label, dtype, SUMMABLE)
+    where = f"{p.label}: parameter 'geometry'"
+    geometry = Geometry.from_spec(p.required("geometry"), where, shape)
+    geometry.check_frame(shape, where)
+    fill = _gap_value(p, dtype)
+    return Stage(p.label, "assemble", impl.assemble,
+                 (aligned_copy(geometry.table()), aligned_copy(geometry.gap_runs()), fill),
+                 geometry.image_shape, dtype, mask_fn=geometry.assemble_mask, geometry=geometry)
 
 
 def _build_roi_sums(p: _Params, shape: tuple[int, ...], dtype: np.dtype,
@@ -269,7 +376,8 @@ def _info(name: str, params: tuple[str, ...], build: Builder) -> KernelInfo:
 
 
 KERNELS: Mapping[str, KernelInfo] = MappingProxyType({k.name: k for k in (
-    _info("gain_correction", ("pedestal", "gain", "mask", "fill", "parallel"),
+    _info("gain_correction", ("pedestal", "gain", "mask", "fill", "parallel", "calibration",
+                              "gain_maps", "high_gain", "serials", "photon_energy_kev"),
           _build_gain_correction),
     _info("pedestal_update", ("window", "pedestal"), _build_pedestal_update),
     _info("apply_mask", ("mask", "fill"), _build_apply_mask),
@@ -279,6 +387,7 @@ KERNELS: Mapping[str, KernelInfo] = MappingProxyType({k.name: k for k in (
     _info("roi_sums", ("rois",), _build_roi_sums),
     _info("azimuthal_integrate", ("beam_centre", "nbins", "r_max", "mask", "bin_index"),
           _build_azimuthal_integrate),
+    _info("assemble", ("geometry", "fill"), _build_assemble),
 )})
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stream_node.model.contract import frame_nbytes
+
+if TYPE_CHECKING:
+    from stream_node.model.geometry import Geometry
 
 ALIGN = 64  # a cache line: a (pedestal, gain) pair of the packed G1/G2 maps is in one line
 
@@ -44,7 +47,10 @@ class Stage:
     def __init__(self, label: str, kernel: str, fn: Callable[..., Any], args: tuple[Any, ...],
                  out_shape: tuple[int, ...], out_dtype: np.dtype, *,
                  kwargs: dict[str, Any] | None = None, count_name: str | None = None,
-                 inplace: bool = False, jitted: bool = True) -> None:
+                 inplace: bool = False, jitted: bool = True,
+                 mask_bits: np.ndarray | None = None,
+                 mask_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                 geometry: Geometry | None = None) -> None:
         self.label = label
         self.kernel = kernel
         self.fn = fn
@@ -55,6 +61,11 @@ class Stage:
         self.count_name = count_name
         self.inplace = inplace
         self.jitted = jitted  # False: a plain Python function, nothing to compile at warm-up
+        # The pixel mask of the output (`output_mask`): bits this stage adds (its bad pixels),
+        # and how it maps a mask of its input onto its output (assembly, binning).
+        self.mask_bits = mask_bits
+        self.mask_fn = mask_fn
+        self.geometry = geometry  # a `model.geometry.Geometry` when the output is an image of it
         self.out: np.ndarray | None = None
         self.counters: dict[str, int] = {"frames": 0, "errors": 0}
         if count_name:
@@ -82,6 +93,16 @@ class Stage:
 
     def account(self, count: Any) -> None:
         """Hook for counters derived from the count (see `GainStage`)."""
+
+    def output_mask(self, mask: np.ndarray) -> np.ndarray | None:
+        """The pixel mask (uint32, `model.pixel_mask` bits) of this stage's output, given that
+        of its input: the bits it adds ORed in, then mapped by `mask_fn`; passed on when the
+        shape stays, None when the output is no image of the input (sums, profiles)."""
+        if self.mask_bits is not None:
+            mask = mask | self.mask_bits
+        if self.mask_fn is not None:
+            return self.mask_fn(mask)
+        return mask if mask.shape == self.out_shape else None
 
     def warm_up(self, frame: np.ndarray) -> np.ndarray:
         """Run the kernel once without counting, so Numba compiles it now, not on a real frame."""

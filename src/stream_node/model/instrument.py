@@ -1,8 +1,10 @@
 """The experiment's geometry: beam, detector (with its modules) and goniometer, in one model.
 
 A DECTRIS header fills it (`origins.dectris`, `origins.stream2`); for any other origin a small
-file given to the source does (`--geometry FILE`, TOML or JSON, or a `[geometry]` table of a
-topology's source); both can be combined, the file's values winning. START carries it to the
+file given to the source does (`--geometry FILE`: TOML or JSON, a CrystFEL `.geom` file read by
+`model.crystfel`, or a `[geometry]` table of a topology's source); both can be combined, the
+file's values winning. `model.geometry` turns the modules into the plan that assembles a full
+image from a stack of modules (the `assemble` kernel). START carries it to the
 collector, which writes it as NeXus NXmx (`storage.nexus`). What nobody said stays unknown:
 the file then leaves that NXmx field out rather than invent it.
 
@@ -35,12 +37,45 @@ SLOW = (0.0, -1.0, 0.0)
 
 
 @dataclass(frozen=True)
+class ChipLayout:
+    """How a module's pixels are read out: `chips` (slow, fast) readout chips of `size` pixels.
+
+    Hybrid pixel detectors (JUNGFRAU, EIGER) bridge the gap between two chips with pixels of
+    twice the size on each chip's inner border: `double_pixels` says so, and assembly then
+    gives each of them two pixels of the image (four at a corner where two borders meet), so
+    the image has a regular pixel grid. A JUNGFRAU module is 2 x 4 chips of 256 x 256: 512 x
+    1024 pixels read out, 514 x 1030 in the image.
+    """
+
+    chips: tuple[int, int] = (2, 4)
+    size: tuple[int, int] = (256, 256)
+    double_pixels: bool = True
+
+    @property
+    def module_shape(self) -> tuple[int, int]:
+        """(rows, columns) of pixels a module reads out."""
+        return self.chips[0] * self.size[0], self.chips[1] * self.size[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(rows, columns) the module covers in an assembled image."""
+        extra = 2 if self.double_pixels else 0
+        return (self.module_shape[0] + extra * (self.chips[0] - 1),
+                self.module_shape[1] + extra * (self.chips[1] - 1))
+
+
+JUNGFRAU = ChipLayout()
+CHIP_LAYOUTS = {"jungfrau": JUNGFRAU}  # what a geometry file may name instead of a table
+
+
+@dataclass(frozen=True)
 class Module:
     """One detector module: where its pixels sit in the frame and where it sits in space.
 
     `origin` and `size` are (slow, fast) indexes into the frame as written (NXmx `data_origin`
-    and `data_size`); `position` is the (x, y) pixel coordinate of its first pixel on the
-    detector plane, gaps included; `fast` and `slow` the directions of its pixel axes.
+    and `data_size`); `position` is the (x, y) pixel coordinate of the corner of its first pixel
+    on the detector plane, gaps included; `fast` and `slow` the directions of its pixel axes;
+    `chips` its readout chips, when the image is to be assembled with their double pixels.
     """
 
     origin: tuple[int, int]
@@ -48,6 +83,7 @@ class Module:
     position: tuple[float, float] = (0.0, 0.0)
     fast: tuple[float, float, float] = FAST
     slow: tuple[float, float, float] = SLOW
+    chips: ChipLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -137,8 +173,13 @@ class Instrument:
     @classmethod
     def from_file(cls, path: str | Path) -> Instrument:
         """A geometry file: TOML (tables [beam], [detector] with [[detector.modules]],
-        [[goniometer.axes]]) or JSON of the same shape; see examples/geometry/."""
+        [[goniometer.axes]]), JSON of the same shape, or a CrystFEL `.geom` file (`.geom`: see
+        `model.crystfel`); see examples/geometry/."""
         path = Path(path)
+        if path.suffix == ".geom":
+            from stream_node.model import crystfel
+
+            return cls.from_sections(crystfel.sections(path), str(path))
         try:
             text = path.read_text()
         except OSError as exc:
@@ -229,17 +270,45 @@ def _module(raw: Any, where: str) -> Module:
         return raw
     if not isinstance(raw, Mapping) or not {"origin", "size"} <= set(raw):
         raise ConfigError(f"{where}: a module has origin = [slow, fast] and size = [slow, fast]")
-    extra = sorted(set(raw) - {"origin", "size", "position", "fast", "slow"})
+    extra = sorted(set(raw) - {"origin", "size", "position", "fast", "slow", "chips"})
     if extra:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}")
     origin = tuple(int(v) for v in _pair("origin", raw["origin"], where))
     size = tuple(int(v) for v in _pair("size", raw["size"], where))
     if min(size) < 1 or min(origin) < 0:
         raise ConfigError(f"{where}: origin {origin} and size {size} must be >= 0 and >= 1")
+    chips = _chips(raw.get("chips"), where)
+    if chips is not None and chips.module_shape != size:
+        raise ConfigError(f"{where}: size {list(size)} is not what its chips read out "
+                          f"({chips.chips[0]} x {chips.chips[1]} chips of {chips.size[0]} x "
+                          f"{chips.size[1]}: {list(chips.module_shape)})")
     return Module(origin, size,  # type: ignore[arg-type]
                   _pair("position", raw.get("position", (0, 0)), where),  # type: ignore[arg-type]
                   _pair("fast", raw.get("fast", FAST), where, 3),  # type: ignore[arg-type]
-                  _pair("slow", raw.get("slow", SLOW), where, 3))  # type: ignore[arg-type]
+                  _pair("slow", raw.get("slow", SLOW), where, 3),  # type: ignore[arg-type]
+                  chips)
+
+
+def _chips(raw: Any, where: str) -> ChipLayout | None:
+    """A module's `chips`: a preset name ("jungfrau") or {chips, size, double_pixels}."""
+    if raw is None or isinstance(raw, ChipLayout):
+        return raw
+    if isinstance(raw, str):
+        if raw not in CHIP_LAYOUTS:
+            raise ConfigError(f"{where}: chips {raw!r} is not a known layout "
+                              f"({', '.join(CHIP_LAYOUTS)}) or a table")
+        return CHIP_LAYOUTS[raw]
+    if not isinstance(raw, Mapping) or not {"chips", "size"} <= set(raw) or (
+            set(raw) - {"chips", "size", "double_pixels"}):
+        raise ConfigError(f"{where}: chips is a layout name or {{chips = [slow, fast], size = "
+                          f"[slow, fast], double_pixels = true}}, not {raw!r}")
+    counts = tuple(int(v) for v in _pair("chips", raw["chips"], where))
+    size = tuple(int(v) for v in _pair("chips size", raw["size"], where))
+    double = raw.get("double_pixels", True)
+    if min(counts + size) < 1 or not isinstance(double, bool):
+        raise ConfigError(f"{where}: chips {raw!r}: counts and sizes >= 1, double_pixels a "
+                          "boolean")
+    return ChipLayout(counts, size, double)  # type: ignore[arg-type]
 
 
 def _axis(raw: Any, where: str) -> Axis:
@@ -261,4 +330,5 @@ def _axis(raw: Any, where: str) -> Axis:
                 _number("increment", raw.get("increment", 0.0), where), kind)
 
 
-__all__ = ["FAST", "HC_EV_ANGSTROM", "SLOW", "Axis", "Instrument", "Module"]
+__all__ = ["CHIP_LAYOUTS", "FAST", "HC_EV_ANGSTROM", "JUNGFRAU", "SLOW", "Axis",
+           "ChipLayout", "Instrument", "Module"]

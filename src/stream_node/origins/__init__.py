@@ -3,6 +3,7 @@
 `stream-node source --from` names the origin by its endpoint:
 
     synthetic:                  the detector simulator (`synthetic.py`)
+    synthetic:jungfrau?...      a JUNGFRAU with a known calibration (`jungfrau_sim.py`)
     file://RUN.h5               a written run, replayed (`replay.py`)
     udp://HOST:PORT?...         detector modules sending UDP packets (`udp.py`, native receiver)
     dectris+tcp://HOST:9999     DECTRIS SIMPLON stream v1 (JSON multipart, PULL; `dectris.py`)
@@ -28,9 +29,9 @@ import importlib
 from stream_node.model.errors import ConfigError
 from stream_node.origins.base import Origin, OriginOptions
 
-# scheme (what precedes "://" or ":") -> (module, class); the class takes (address, options).
+# scheme (what precedes "://" or ":") -> (module, class or factory); it takes (address, options).
 ORIGINS: dict[str, tuple[str, str]] = {
-    "synthetic": ("stream_node.origins.synthetic", "SyntheticOrigin"),
+    "synthetic": ("stream_node.origins.synthetic", "open_synthetic"),
     "file": ("stream_node.origins.replay", "ReplayOrigin"),
     "udp": ("stream_node.origins.udp", "UdpOrigin"),
     "dectris": ("stream_node.origins.dectris", "DectrisOrigin"),

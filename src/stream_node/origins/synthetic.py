@@ -104,7 +104,8 @@ class SyntheticOrigin(GeneratedOrigin):
     def __init__(self, address: str, options: OriginOptions) -> None:
         super().__init__(options)
         if address:
-            raise ConfigError(f"synthetic:{address}: the synthetic origin takes no address")
+            raise ConfigError(f"synthetic:{address}: the synthetic origin takes no address "
+                              "(its other model is synthetic:jungfrau?modules=N...)")
         self.detector = SyntheticDetector(options.shape, options.dtype, options.seed)
         self.shape, self.dtype = self.detector.shape, self.detector.dtype
         self.count = options.frames
@@ -119,3 +120,13 @@ class SyntheticOrigin(GeneratedOrigin):
 
     def fill(self, frame_id: int, out: np.ndarray) -> None:
         self.detector.frame(frame_id, out=out)
+
+
+def open_synthetic(address: str, options: OriginOptions) -> GeneratedOrigin:
+    """`synthetic:` (Poisson frames) or `synthetic:jungfrau?...` (a simulated JUNGFRAU with a
+    known calibration, `origins.jungfrau_sim`, loaded only when named)."""
+    if address.partition("?")[0] == "jungfrau":
+        from stream_node.origins.jungfrau_sim import JungfrauOrigin
+
+        return JungfrauOrigin(address, options)
+    return SyntheticOrigin(address, options)

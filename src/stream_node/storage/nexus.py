@@ -7,27 +7,38 @@ the detector's translation and modules with their pixel axes, the goniometer's p
 values. What nobody said is left out, never invented (`missing_nxmx` names it). Stream-node's
 own bookkeeping (frames, ledger, counters) is the writer's (`storage.writer`); docs/file-format.md
 describes both.
+
+When the workers' kernel chain changes what a frame is an image of, the file says so: the
+chain's pixel mask (bad pixels of its calibration, gaps of an assembly) becomes `pixel_mask`, and
+an assembled image's modules are blocks of that image (`kernels.chain.output_layout`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from stream_node._version import __version__
 from stream_node.kernels.compression import hdf5_filter
+from stream_node.model.errors import brief
 from stream_node.model.instrument import FAST, SLOW, Instrument, Module
+from stream_node.model.pixel_mask import DESCRIPTION as PIXEL_MASK_DESCRIPTION
+
+if TYPE_CHECKING:
+    from stream_node.kernels.chain import OutputLayout
+
+log = logging.getLogger(__name__)
 
 ENTRY = "/entry"
 BEAM_FIELDS = frozenset({"incident_wavelength", "incident_energy"})
 DETECTOR = "/entry/instrument/detector"
 TRANSLATION = f"{DETECTOR}/transformations/translation"
-PIXEL_MASK_BITS = ("bit 0 gap (no sensor), 1 dead, 2 under-responding, 3 over-responding, "
-                   "4 noisy, 8 user-defined masked (NeXus NXdetector pixel_mask)")
+PIXEL_MASK_BITS = PIXEL_MASK_DESCRIPTION
 # Instrument value -> (NXdetector field, units); None units: a plain number or text.
 DETECTOR_FIELDS = (
     ("description", "description", None), ("serial_number", "serial_number", None),
@@ -79,13 +90,48 @@ def write_entry(f: h5py.File, metadata: dict[str, Any], frame_shape: tuple[int, 
     for key, value in detector.items():
         if key not in BEAM_FIELDS:  # NXmx keeps them in NXbeam, which the instrument fills
             _detector_field(det, key, value)
+    layout = _chain_layout(metadata)
+    if layout is not None and layout.pixel_mask is not None \
+            and layout.pixel_mask.shape == tuple(frame_shape):
+        _pixel_mask(det, layout.pixel_mask)
     if "pixel_mask" in det:
         det["pixel_mask"].attrs["description"] = PIXEL_MASK_BITS
+    if layout is not None and layout.geometry is not None \
+            and layout.geometry.image_shape == tuple(frame_shape):
+        instrument = layout.geometry.assembled_instrument(instrument)
     if instrument is not None:
         _beam(inst, instrument)
         _detector(det, instrument, frame_shape)
         _goniometer(entry, instrument, frames)
     return entry
+
+
+def _chain_layout(metadata: dict[str, Any]) -> OutputLayout | None:
+    """The workers' chain's `OutputLayout`, from START's kernels and input geometry; None for
+    a run without kernels, or (with a warning) when a map or geometry the chain names cannot
+    be read here (the collector may run where the workers' files are not)."""
+    start = metadata.get("start") or {}
+    kernels, inp = start.get("kernels"), start.get("input") or {}
+    if not kernels or "shape" not in inp:
+        return None
+    from stream_node.kernels.chain import output_layout  # Numba: only for runs with kernels
+
+    try:
+        return output_layout(kernels, inp["shape"], inp.get("dtype", "uint16"))
+    except Exception as exc:  # metadata only: the source has checked the chain; never fail a run
+        log.warning("collector: the file gets no pixel mask or assembled module geometry from "
+                    "the kernel chain: %s", brief(exc) if isinstance(exc, OSError) else exc)
+        return None
+
+
+def _pixel_mask(det: h5py.Group, mask: np.ndarray) -> None:
+    """The chain's pixel mask, ORed into one the detector's header gave for the same pixels."""
+    if "pixel_mask" in det:
+        if det["pixel_mask"].shape == mask.shape:
+            mask = mask | det["pixel_mask"][()].astype(np.uint32)
+        del det["pixel_mask"]
+    det.create_dataset("pixel_mask", data=mask.astype(np.uint32), chunks=mask.shape,
+                       **hdf5_filter())
 
 
 def finish_axes(entry: h5py.Group, instrument: Instrument | None, count: int) -> None:
