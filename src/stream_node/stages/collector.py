@@ -224,8 +224,11 @@ class Collector:
         return progress
 
     def _take(self, parts: list[zmq.Frame]) -> bool:
+        damaged = len(self.drops.frames)
         header = admit(parts, self._run_id, self.drops)
         if header is None:
+            if self._acks is None and len(self.drops.frames) > damaged:
+                self._damaged(*next(reversed(self.drops.frames.items())))
             return False
         if self._acks is not None:  # sending it again would not make it better: done with it
             self._acks.append(header.frame_id)
@@ -243,9 +246,19 @@ class Collector:
             self.partial += 1
         written = self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender,
                                     header.flags, header.parts)
+        if written:
+            self._failed.pop(index, None)  # a good copy after a damaged one: written after all
         if written and self.tap is not None:
             self.tap.offer(parts, self._run_id)
         return written
+
+    def _damaged(self, frame_id: int, why: str) -> None:
+        """A frame whose copy came damaged (--checksum): without reliable mode no other copy
+        will come, so it is accounted for now, not after the drain timeout."""
+        index = frame_id - self._first
+        assert self.writer is not None
+        if index >= 0 and not self.writer.has(index):
+            self._failed.setdefault(index, why)
 
     def _failure(self, header: FrameHeader, payload: zmq.Frame) -> bool:
         """A worker could not process this frame: it is accounted for, missing with why."""
@@ -295,7 +308,10 @@ class Collector:
             int(i): self._failed.get(int(i)) or damaged.get(int(i) + self._first)
             or reason or "not received" for i in missing}
         if len(missing):
-            log.warning("collector: %d of %d frames missing: %s", len(missing), count, reason)
+            first = int(missing[0])
+            log.warning("collector: %d of %d frames missing (%d reason(s); frame %d: %s)",
+                        len(missing), count, len(set(self._missing_reasons.values())),
+                        first + self._first, self._missing_reasons[first])
         self.summary = self._counters(count)
         return self.summary
 
