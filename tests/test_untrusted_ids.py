@@ -76,7 +76,8 @@ def test_a_frame_of_2_gib_the_largest_a_frame_may_be_runs_end_to_end(node, ipc, 
     source, collector, workers = start_roles(
         node, ipc, path, 1, frames=1, dtype="uint32", extra_source=("--shape", "16384x32768",
                                                                     *room),
-        extra_collector=room, extra_worker=room, ready_timeout=120)
+        extra_collector=(*room, "--drain-timeout", "60"), extra_worker=room,
+        ready_timeout=120)  # 2 GiB may take seconds from END to the collector on busy cores
     code, _, err = finish(source, timeout=200)
     assert code == ExitCode.OK, err
     for proc in (collector, *workers):

@@ -98,12 +98,20 @@ class SocketPump:
                     next_tick = time.monotonic() + self.interval_s
         except zmq.ContextTerminated:
             return
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.ENOTSOCK:
+                self.failure = f"the control thread failed: {exc}"
+                log.error("control thread failed: %s", exc)
+            # ENOTSOCK: the process is ending and its context closed the sockets under this
+            # thread (a second signal cut the stage's own close short): nothing to report.
         except Exception as exc:  # a bug here must not leave the stage believing peers alive
             log.exception("control thread failed")
             self.failure = f"the control thread failed: {exc!r}"
         finally:
-            self._back.close(linger=0)
-            self._sock.close(linger=self._linger_ms)
+            if not self._back.closed:
+                self._back.close(linger=0)
+            if not self._sock.closed:
+                self._sock.close(linger=self._linger_ms)
 
     def _relay_in(self) -> None:
         """Everything queued from the peer(s), before anyone's silence is judged."""

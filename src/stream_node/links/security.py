@@ -152,6 +152,11 @@ def use(keys: Keys | None) -> None:
     _keys = keys
 
 
+def in_use() -> bool:
+    """Whether this process's links are secured (a failed handshake then means refused)."""
+    return _keys is not None
+
+
 def refused() -> int:
     return _refusals.refused
 

@@ -121,10 +121,13 @@ class HandshakeWatch:
 
     def _event(self, what: str) -> None:
         event = recv_monitor_message(self._monitor)
-        if event["event"] & _REFUSED:
+        if not event["event"] & _REFUSED:
+            self.connected += 1
+        elif security.in_use() or event["event"] != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
             raise ConfigError(f"{what} refused the connection (CURVE handshake failed: this "
                               "node's keys are not the topology's; see --keys)")
-        self.connected += 1
+        # Else a peer that went away mid-handshake (a source ending its run as this node came):
+        # without keys nothing was refused; ZeroMQ connects again, and a timeout says the rest.
 
     def check(self, what: str) -> None:
         """Raise at once if a handshake was refused (without waiting for anything)."""
