@@ -40,6 +40,8 @@ EXPOSED = {
         "MAX_MEMBERS": "SN_RING_MAX_MEMBERS",
         "MAX_BATCH": "SN_RING_MAX_BATCH",
         "PAYLOAD_OFFSET": "SN_RING_PAYLOAD_OFFSET",
+        "NOT_FOUND": "SN_RING_ENOENT",
+        "NOT_READY": "SN_RING_ENOTREADY",
     },
     "_udp": {
         "HEADER_BYTES": "SN_UDP_HEADER_BYTES",

@@ -297,16 +297,18 @@ int sn_ring_attach(sn_ring **out, const char *name, uint32_t expect_window, uint
         close(fd);
         return SN_RING_ESYS;
     }
-    if ((size_t)st.st_size < sizeof(shared_t)) {
+    if ((size_t)st.st_size < sizeof(shared_t)) { /* created, not yet sized */
         close(fd);
-        return SN_RING_EVERSION;
+        return st.st_size == 0 ? SN_RING_ENOTREADY : SN_RING_EVERSION;
     }
     shared_t *sh = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     if (sh == MAP_FAILED) return SN_RING_ESYS;
     rc = SN_RING_OK;
-    if (sh->magic != SN_RING_MAGIC || sh->version != SN_RING_VERSION ||
-        sh->segment_bytes != (uint64_t)st.st_size)
+    if (__atomic_load_n(&sh->magic, __ATOMIC_ACQUIRE) == 0)
+        rc = SN_RING_ENOTREADY; /* sized, not yet initialised: the magic is written last */
+    else if (sh->magic != SN_RING_MAGIC || sh->version != SN_RING_VERSION ||
+             sh->segment_bytes != (uint64_t)st.st_size)
         rc = SN_RING_EVERSION;
     else if ((expect_window && expect_window != sh->n_window) ||
              (expect_slot_bytes && expect_slot_bytes != sh->slot_bytes))
@@ -800,6 +802,7 @@ const char *sn_ring_strerror(int code) {
     case SN_RING_ENOENT: return "no ring of that name (is the producer running?)";
     case SN_RING_EGEOMETRY: return "the ring's geometry differs from the expected one";
     case SN_RING_EVERSION: return "not a stream-node ring of this version";
+    case SN_RING_ENOTREADY: return "the ring is still being made by its producer";
     case SN_RING_ENOSPC: return "no room in /dev/shm for the ring (make it smaller or free space)";
     case SN_RING_ETOOBIG: return "frame larger than a ring slot";
     case SN_RING_EBUSY: return "busy: release held frames first, or no free member entry";

@@ -76,7 +76,8 @@ enum {
     SN_RING_EBUSY = -110,     /* a member acquired again before releasing, or no free member entry */
     SN_RING_EINVAL = -111,    /* a bad argument (name, group, slot, sizes) */
     SN_RING_ESYS = -112,      /* a system call failed; errno says why */
-    SN_RING_ESHUTDOWN = -113  /* this handle was shut down while waiting */
+    SN_RING_ESHUTDOWN = -113, /* this handle was shut down while waiting */
+    SN_RING_ENOTREADY = -114  /* the producer is still making the ring: attach again shortly */
 };
 
 typedef struct sn_ring sn_ring; /* a process's handle on a mapped ring */

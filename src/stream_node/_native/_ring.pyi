@@ -9,6 +9,8 @@ MAX_GROUPS: int
 MAX_MEMBERS: int
 MAX_BATCH: int
 PAYLOAD_OFFSET: int
+NOT_FOUND: int
+NOT_READY: int
 
 class SlotBuffer:
     def __buffer__(self, flags: int, /) -> memoryview: ...

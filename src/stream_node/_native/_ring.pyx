@@ -20,6 +20,8 @@ MAX_GROUPS = SN_RING_MAX_GROUPS
 MAX_MEMBERS = SN_RING_MAX_MEMBERS
 MAX_BATCH = SN_RING_MAX_BATCH
 PAYLOAD_OFFSET = SN_RING_PAYLOAD_OFFSET
+NOT_FOUND = SN_RING_ENOENT  # RingError.code when no ring of that name exists
+NOT_READY = SN_RING_ENOTREADY  # RingError.code while its producer is still making it
 
 
 cdef int check(int rc, str what) except -1:

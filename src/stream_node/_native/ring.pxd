@@ -41,6 +41,7 @@ cdef extern from "stream_node/ring.h" nogil:
         SN_RING_EINVAL
         SN_RING_ESYS
         SN_RING_ESHUTDOWN
+        SN_RING_ENOTREADY
 
     ctypedef struct sn_ring:
         pass

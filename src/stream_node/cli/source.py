@@ -7,6 +7,7 @@ import logging
 import signal
 
 from stream_node.cli.options import (
+    count,
     frame_options,
     node_options,
     node_settings,
@@ -23,8 +24,10 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="fan-out endpoint to bind (tcp://, ipc://) or ring://NAME to create")
     src.add_argument("--ring-slots", type=positive(int), default=16,
                      help="frames in flight for ring:// (memory: about slots x frame size)")
-    src.add_argument("--workers", type=positive(int), default=1,
-                     help="workers to wait for before frame 0")
+    src.add_argument("--workers", type=count, default=1,
+                     help="workers to wait for before frame 0; 0: none on the path, the "
+                          "collector reads the source's ring:// itself (no kernels, no "
+                          "--compress: nothing would run them)")
     frame_options(src, 1000)
     src.add_argument("--from", dest="origin", default="synthetic:", metavar="ORIGIN",
                      help="synthetic: (default), synthetic:jungfrau?modules=N (a simulated "

@@ -31,6 +31,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def copies_per_frame(fanout: str, fanin: str, workers: int) -> str:
+    """Copies of a frame's bytes in user space + in the kernel, page cache included.
+
+    A ring's frame is made or read in its slot; a worker copies what it sends into its output
+    ring's slot (1) or hands it to ZeroMQ, which the kernel copies into and out of the socket
+    (2); the collector writes from where it read, and the kernel copies into the page cache (1).
+    """
+    if not workers:
+        return "0 + 1 kernel"
+    user = int(fanin.startswith("ring") or fanout.startswith("ring"))
+    kernel = 1 + 2 * (not fanout.startswith("ring")) + 2 * (not fanin.startswith("ring"))
+    return f"{user} + {kernel} kernel"
+
+
 @contextlib.contextmanager
 def _interrupts_named(here: bool) -> Iterator[None]:
     """While the body runs (in the main thread only: signals reach no other), SIGINT and
@@ -79,6 +93,7 @@ def run_local_pipeline(
     liveness: Liveness | None = None,
     ready_timeout_s: float = 60.0,
     fanout: str = "ring",
+    fanin: str = "ring",
     ring_slots: int = 16,
     compression: str = "none",
     kernels: list[dict] | None = None,
@@ -88,8 +103,11 @@ def run_local_pipeline(
     """Run synthetic source -> `workers` worker processes -> collector process -> HDF5 file.
 
     The source hands frames to the workers through a shared-memory ring (`fanout="ring"`) or an
-    ipc PUSH socket (`fanout="ipc"`); the other links are ipc sockets in a private temporary
-    folder, so several demos can run side by side. Every process started here is ended here.
+    ipc PUSH socket (`fanout="ipc"`); the workers hand them to the collector through a ring each
+    (`fanin="ring"`: the collector writes from the slot) or an ipc socket. With `workers=0` the
+    collector reads the source's ring itself. Control and status are ipc sockets in a private
+    temporary folder, and ring names are random, so several demos can run side by side. Every
+    process started here is ended here.
     `live` shows the run in the terminal (stream_node.ops.live) while it goes; `tap` makes the
     collector publish its newest frames there (for stream_node.subscribe).
 
@@ -101,8 +119,10 @@ def run_local_pipeline(
 
     liveness = liveness or Liveness()
     with tempfile.TemporaryDirectory(prefix="sn-") as tmp:
-        control, fanin = f"ipc://{tmp}/control", f"ipc://{tmp}/fanin"
-        fanout = f"ring://sn-{secrets.token_hex(6)}" if fanout == "ring" else f"ipc://{tmp}/fanout"
+        control, tag = f"ipc://{tmp}/control", secrets.token_hex(6)
+        fanout = f"ring://sn-{tag}" if fanout == "ring" or not workers else f"ipc://{tmp}/fanout"
+        fanin = fanout if not workers else (
+            f"ring://sn-{tag}-in" if fanin == "ring" else f"ipc://{tmp}/fanin")
         timing = ["--peer-timeout", str(liveness.peer_timeout_s),
                   "--ready-timeout", str(ready_timeout_s)]
         watched = {n: f"ipc://{tmp}/status-{n}" if live else None
@@ -136,12 +156,7 @@ def run_local_pipeline(
                     kernels=kernels, status=watched["source"]))
                 with watching(list(watched.values()) if live else []):
                     summary = source.run()
-                # Ring: the frame is generated in its slot and read there; the worker copies
-                # it into its message to the collector (1); the kernel copies it into and out
-                # of the ipc socket and into the page cache (3). Ipc fan-out: zero-copy in
-                # user space, 2 kernel copies per hop and 1 into the page cache.
-                summary.copies_per_frame = "1 + 3 kernel" if fanout.startswith("ring") else (
-                    "0 + 5 kernel")
+                summary.copies_per_frame = copies_per_frame(fanout, fanin, workers)
                 for proc in procs:
                     proc.wait(timeout=liveness.peer_timeout_s + 10)
                 return summary

@@ -164,8 +164,17 @@ class LinkCheck:
             self.fail(line if expected.origin.startswith("file") else 0,
                       f"[nodes.{source.node}.source]: workers = {expected.value} "
                       f"({expected.origin}), but the topology has {feeding} workers")
-        elif feeding:
+        else:
             source.settings["workers"] = Setting(feeding, "topology (workers counted)")
+        direct = (collector.get("input") == source.get("data")
+                  and str(source.get("data")).startswith("ring://") and src_host == col_host)
+        if not feeding and not direct and not self.bad & {
+                (collector.node, "collector", "input"), (source.node, "source", "data")}:
+            self.fail(self.line("nodes", collector.node, "collector", "input"),
+                      f"[nodes.{collector.node}.collector]: input {collector.get('input')!r}: "
+                      "with no workers the collector reads the source's ring itself, so its "
+                      f"input must be the source's data {source.get('data')!r} (a ring:// on "
+                      "the same host)")
 
     def kernels(self, topo: Topology, source: Stage) -> None:
         chains = [(s, s.settings.pop("kernels")) for s in topo.stages("workers")
@@ -214,6 +223,9 @@ class LinkCheck:
         for key in (*keys, *SERVED):
             if stage.get(key) is None or (stage.node, stage.kind, key) in self.bad:
                 continue
+            if stage.kind == "collector" and key == "input" and \
+                    str(stage.get(key)).startswith("ring://"):
+                continue  # a ring fan-in's rings are made by the workers (or the source)
             line = self.line("nodes", stage.node, stage.kind, key)
             for i in range(stage.count):
                 out.append((key, nth_bind(stage.get(key), i), line))

@@ -24,6 +24,8 @@ from stream_node._native._ring import (
     LATEST,
     MAX_BATCH,
     MAX_MEMBERS,
+    NOT_FOUND,
+    NOT_READY,
     PAYLOAD_OFFSET,
     WORK,
     RingHandle,
@@ -73,6 +75,18 @@ class Ring:
     def attach(cls, name: str, slots: int | None = None, slot_bytes: int | None = None) -> Ring:
         """Map an existing ring; given `slots`/`slot_bytes` must match the ring's."""
         return cls(RingHandle.attach(name, slots or 0, slot_bytes or 0))
+
+    @classmethod
+    def find(cls, name: str) -> Ring | None:
+        """Attach to NAME if its producer has made it (wholly) yet; None if not (any other
+        failure raises): a consumer that may start first asks again later, and loses nothing,
+        since the ring keeps every frame for its groups from the first one on."""
+        try:
+            return cls.attach(name)
+        except RingError as exc:
+            if exc.code in (NOT_FOUND, NOT_READY):
+                return None
+            raise
 
     @property
     def handle(self) -> RingHandle:

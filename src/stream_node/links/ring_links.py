@@ -3,13 +3,16 @@ read there in place."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from stream_node.links.base import BATCH
-from stream_node.links.ring import Consumer, Ring
+from stream_node.links.ring import Consumer, Ring, RingFrame
 from stream_node.model.errors import ConfigError, EndOfStream, RingTimeout
 from stream_node.model.frame import FrameHeader
 
@@ -17,8 +20,10 @@ from stream_node.model.frame import FrameHeader
 class RingOutput:
     """A shared-memory ring: the frame is generated straight into its slot (the only copy)."""
 
-    def __init__(self, name: str, slots: int, frame_bytes: int) -> None:
-        self.ring = Ring.create(name, slots=slots, slot_bytes=frame_bytes)
+    def __init__(self, name: str, slots: int, frame_bytes: int, group: str = "workers",
+                 latest_readers: int = 2) -> None:
+        self.ring = Ring.create(name, slots=slots, slot_bytes=frame_bytes,
+                                groups={group: "work"}, latest_readers=latest_readers)
         self.slot = -1
 
     def reserve(
@@ -54,8 +59,12 @@ class RingOutput:
         self.ring.close()
 
     def describe(self) -> str:
-        total = (self.ring.slots + 3) * self.ring.slot_bytes
-        return f"ring {self.ring.name!r}: {self.ring.slots} slots, ~{total / 2**20:.0f} MiB"
+        return (f"ring {self.ring.name!r}: {self.ring.slots} slots of "
+                f"{self.ring.slot_bytes / 2**20:.2f} MiB, ~{self.bound_bytes() / 2**20:.0f} MiB")
+
+    def bound_bytes(self) -> int:
+        """The ring's memory in /dev/shm: every slot (the window's, latest readers' spares)."""
+        return self.ring.handle.n_slots * self.ring.slot_bytes
 
 
 class RingInput:
@@ -94,3 +103,116 @@ class RingInput:
     def close(self) -> None:
         if self.consumer is not None:
             self.consumer.close()
+
+
+def fan_in_ring(name: str, producer: int) -> str:
+    """The ring producer `producer` (a worker's --index) of fan-in ring://NAME writes into."""
+    return f"{name}.{producer}"
+
+
+class RingFanIn:
+    """The collector's end of a shared-memory fan-in: one ring per producer, read in place.
+
+    The producers are the workers (each writes `fan_in_ring(NAME, index)`, made by itself), or,
+    when no worker is on the path, the source (its own ring, group "workers"). A ring is
+    attached when its producer has made it: the ring keeps every frame for this group from the
+    first one on, so attaching late loses nothing, and the collector needs no handshake with
+    the workers. A producer that dies leaves what it published readable (then EndOfStream);
+    the frames it held are the run's missing ones, as with any lost worker.
+    """
+
+    copies = True  # a slot is reused once released: what must outlive the write is copied
+    RETRY_S = 0.5  # a ring that ended is looked for again: its producer may make it anew
+    WAIT_MS = 1  # per ring while none has a frame: a producer's 8 slots cover this wait
+
+    def __init__(self, names: Sequence[str], group: str) -> None:
+        self.names = list(names)
+        self.group = group
+        self.consumers: dict[str, Consumer] = {}
+        self.ended: dict[str, float] = {}  # name -> when its stream ended (or it went dead)
+        self._held: tuple[Consumer, list[RingFrame]] | None = None
+        self._turn = 0
+
+    # Never: a ring that ended may be made anew (a stale one of a killed run is replaced by
+    # its new producer's), and the run's end comes on the control channel anyway.
+    exhausted = False
+
+    def describe(self) -> str:
+        return (f"shared-memory fan-in from {len(self.names)} ring(s) "
+                f"{', '.join(self.names[:3])}{' ...' if len(self.names) > 3 else ''}")
+
+    def wait_ready(self, timeout_s: float, meanwhile: Callable[[], None]) -> None:
+        """Nothing to wait for: rings are attached as their producers make them."""
+
+    def require(self) -> RingFanIn:
+        """Attach every ring now; ConfigError naming one that does not exist. For a producer
+        that made its ring before this reader got START (the source's): once frames flow it may
+        end its stream, and with it the ring's name, before a late attach would find it."""
+        self._attach()
+        missing = [n for n in self.names if n not in self.consumers]
+        if missing:
+            raise ConfigError(f"no ring {', '.join(map(repr, missing))} on this host: is the "
+                              "source's --data the collector's --input?")
+        return self
+
+    def take(self, timeout_ms: int) -> list[list[Any]]:
+        """Frames of the next ring that has some (in turn, so no producer starves)."""
+        self._attach()
+        live = list(self.consumers.items())
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            for k in range(len(live)):
+                name, consumer = live[(self._turn + k) % len(live)]
+                frames = self._acquire(name, consumer, 0)
+                if frames:
+                    self._turn = (self._turn + k + 1) % len(live)
+                    return frames
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            if not live:  # no producer has made its ring yet: look again shortly
+                threading.Event().wait(min(left, self.WAIT_MS / 1000))
+                self._attach()
+                live = list(self.consumers.items())
+                continue
+            name, consumer = live[self._turn % len(live)]
+            self._turn += 1
+            frames = self._acquire(name, consumer, min(left, self.WAIT_MS / 1000))
+            if frames:
+                return frames
+            live = [(n, c) for n, c in live if n in self.consumers]
+
+    def _acquire(self, name: str, consumer: Consumer, timeout_s: float) -> list[list[Any]]:
+        try:
+            frames = consumer.acquire(timeout=timeout_s, max_frames=BATCH)
+        except RingTimeout:
+            return []
+        except EndOfStream:  # its producer ended it or died (a dead one's ring is stale)
+            self.ended[name] = time.monotonic()
+            del self.consumers[name]
+            consumer.close()
+            return []
+        self._held = (consumer, frames)
+        ring = consumer.ring
+        return [[ring._headers[f.slot], f.data] for f in frames]
+
+    def _attach(self) -> None:
+        now = time.monotonic()
+        for name in self.names:
+            if name in self.consumers or now - self.ended.get(name, -math.inf) < self.RETRY_S:
+                continue
+            ring = Ring.find(name)
+            if ring is not None:
+                self.consumers[name] = ring.consumer(self.group)
+                self.ended.pop(name, None)
+
+    def release(self) -> None:
+        if self._held is not None:
+            consumer, frames = self._held
+            consumer.release(frames)
+            self._held = None
+
+    def close(self) -> None:
+        for consumer in self.consumers.values():
+            consumer.close()
+        self.consumers.clear()

@@ -62,23 +62,38 @@ class PushOutput:
 
 
 class PullInput:
-    """Frames from one or more PUSH senders; payloads stay ZeroMQ buffers (zero-copy)."""
+    """Frames from one or more PUSH senders; payloads stay ZeroMQ buffers (zero-copy).
+
+    A worker connects to its source's endpoints; the collector (`bound`) binds its one input,
+    which every worker connects to.
+    """
 
     copies = False
     exhausted = False  # a PUSH peer never says it is done: END comes on the control channel
 
     def __init__(self, ctx: zmq.Context, endpoints: Sequence[str], limits: LinkLimits,
-                 kind: int = zmq.PULL, identity: bytes | None = None) -> None:
+                 kind: int = zmq.PULL, identity: bytes | None = None,
+                 bound: bool = False) -> None:
         self.endpoints = list(endpoints)
+        self.limits = limits
         self.sock = data_socket(ctx, kind, limits)
         if identity is not None:
             self.sock.setsockopt(zmq.ROUTING_ID, identity)
-        self.watch = HandshakeWatch(self.sock)
-        connect(self.sock, self.endpoints, "input")
+        self.watch: HandshakeWatch | None = None
+        try:
+            if bound:
+                bind(self.sock, self.endpoints[0], "input")
+            else:
+                self.watch = HandshakeWatch(self.sock)
+                connect(self.sock, self.endpoints, "input")
+        except Exception:
+            self.close()
+            raise
 
     def wait_ready(self, timeout_s: float, meanwhile: Callable[[], None]) -> None:
-        self.watch.wait(len(self.endpoints), timeout_s, f"the source at {self.endpoints}",
-                        meanwhile)
+        if self.watch is not None:
+            self.watch.wait(len(self.endpoints), timeout_s, f"the source at {self.endpoints}",
+                            meanwhile)
 
     def take(self, timeout_ms: int) -> list[list[Any]]:
         if not self.sock.poll(timeout_ms):
@@ -95,5 +110,6 @@ class PullInput:
         """ZeroMQ frees each message when its last reference goes."""
 
     def close(self) -> None:
-        self.watch.close()
+        if self.watch is not None:
+            self.watch.close()
         self.sock.close(linger=0)

@@ -58,8 +58,9 @@ class Tap:
             self.sock.close()
             raise
 
-    def offer(self, parts: Sequence[Any], run_id: int = 0) -> None:
-        """Publish [header, payload] if the rate allows and no subscriber is full; never waits."""
+    def offer(self, parts: Sequence[Any], run_id: int = 0, copy: bool = False) -> None:
+        """Publish [header, payload] if the rate allows and no subscriber is full; never waits.
+        `copy`: the payload is a ring slot that is reused once written, so it is copied."""
         now = time.monotonic()
         if now < self._next:
             self.skipped += 1
@@ -67,7 +68,7 @@ class Tap:
         self._next = now + self.period
         self._run_id = run_id
         try:
-            self.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            self.sock.send_multipart(parts, zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             self.dropped += 1
         else:

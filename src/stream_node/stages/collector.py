@@ -10,16 +10,21 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from stream_node.links.base import FrameInput, ring_name
 from stream_node.links.control import ControlLink, Liveness, default_topology
-from stream_node.links.transport import LinkLimits, bind, data_socket, recv_parts
+from stream_node.links.ring_links import RingFanIn, fan_in_ring
+from stream_node.links.transport import LinkLimits
+from stream_node.links.zmq_links import PullInput
 from stream_node.model.contract import FrameGeometry, RunContract
 from stream_node.model.errors import (
+    ConfigError,
     ExitCode,
     ProtocolError,
     RunAborted,
@@ -29,6 +34,7 @@ from stream_node.model.errors import (
 from stream_node.model.frame import (
     FLAG_FAILED,
     FLAG_PARTIAL,
+    Encoding,
     FrameHeader,
     MsgType,
     decode_body,
@@ -40,9 +46,6 @@ from stream_node.stages.drops import DropLedger
 from stream_node.storage.writer import RunWriter
 
 log = logging.getLogger(__name__)
-
-BATCH = 64  # frames taken per wake-up before control is looked at again
-
 
 @dataclass
 class CollectorConfig:
@@ -76,28 +79,38 @@ class Collector:
         self._failed: dict[int, str] = {}  # index -> why a worker could not process it
         self.partial = 0  # frames written with some of their data missing (FLAG_PARTIAL)
         self.tap: Tap | None = None
+        self._check_chunk: Callable[[Any], Any] | None = None  # see _open
 
     def run(self) -> dict[str, Any]:
         """Collect one run; returns the summary also sent to the source in DONE."""
         cfg = self.cfg
         link = ControlLink(self.ctx, cfg.control, "collector", cfg.name, cfg.liveness,
                            cfg.topology)
-        pull = data_socket(self.ctx, zmq.PULL, cfg.limits)
         status = serve_status(self.ctx, cfg.status, cfg.metrics_port, self.status)
+        fan_in = ring_name(cfg.input)
+        inp: FrameInput | None = None
         try:
             self.tap = open_tap(self.ctx, cfg.tap, cfg.tap_rate)
-            bind(pull, cfg.input, "input")
+            if fan_in is None:  # bound before START, so workers find it when told to start
+                inp = PullInput(self.ctx, [cfg.input], cfg.limits, bound=True)
             start = link.wait_start(cfg.ready_timeout_s)
             try:
                 self._open(start, link.run_id)
+                if fan_in is not None:
+                    inp = self._fan_in(fan_in)
+                elif self.contract.workers == 0:
+                    raise ConfigError(f"the run has no workers: frames come straight from the "
+                                      f"source's ring, so --input must be its ring://NAME, not "
+                                      f"{cfg.input}")
             except StreamNodeError as exc:
                 link.send(MsgType.ABORT, {"reason": str(exc), "exit_code": int(exc.exit_code)})
                 raise
+            assert inp is not None
             link.send(MsgType.READY, {"path": str(cfg.path)})
             log.info("collector: run %#x ready, writing %s; %s", link.run_id, cfg.path,
-                     cfg.limits.describe(self._frame_bytes))
+                     inp.describe() if fan_in else cfg.limits.describe(self._frame_bytes))
             try:
-                self._collect(link, pull)
+                self._collect(link, inp)
             except StorageError as exc:
                 # The file cannot take more: no more writes to it are tried (its ledger
                 # included), so what the last flush recorded stays valid and readable; the
@@ -120,8 +133,17 @@ class Collector:
                 self.tap.close()
             if self.writer is not None:
                 self.writer.close()
-            pull.close(linger=0)
+            if inp is not None:
+                inp.close()
             link.close()
+
+    def _fan_in(self, name: str) -> RingFanIn:
+        """A shared-memory fan-in: each worker's output ring, or with no worker on the path,
+        the source's own ring (this collector then takes the frames the workers would)."""
+        workers = self.contract.workers
+        if workers == 0:
+            return RingFanIn([name], "workers").require()
+        return RingFanIn([fan_in_ring(name, i) for i in range(workers)], "collector")
 
     def status(self) -> dict[str, Any]:
         """The collector's counters for `stream-node status`; called from the status thread,
@@ -154,6 +176,13 @@ class Collector:
         self._acks: list[int] | None = [] if run.dispatch.reliable else None
         self._expected = -1 if run.frames is None else run.frames
         self._frame_bytes = run.output.nbytes
+        if run.workers == 0 and run.input.encoding == Encoding.BSLZ4:
+            # No worker walks a detector's chunks on this path: the collector does (the
+            # source checked their header only), so a damaged one is recorded, never written.
+            from stream_node.origins.chunks import check_bslz4
+
+            nbytes, itemsize = run.input.nbytes, run.input.dtype.itemsize
+            self._check_chunk = lambda payload: check_bslz4(payload, nbytes, itemsize)
         output = FrameGeometry(run.output.shape, run.output.dtype, run.encoding)
         self.cfg.limits.check_fits(output.largest_payload, "a frame for the collector")
         metadata = {"run_id": run_id, "run_id_hex": f"{run_id:#018x}", "start": start,
@@ -166,24 +195,26 @@ class Collector:
                                 run.detector, run.per_frame_columns, self.cfg.resume,
                                 run.instrument)
 
-    def _collect(self, link: ControlLink, pull: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(link.sock, zmq.POLLIN)
+    def _collect(self, link: ControlLink, inp: FrameInput) -> None:
         drained_sent = False
         last_progress = next_flush = time.monotonic()
         while True:
-            events = dict(poller.poll(100))
             if time.monotonic() >= next_flush:
                 assert self.writer is not None
                 self.writer.flush(self._live_counters())
                 next_flush = time.monotonic() + self.cfg.flush_interval_s
-            if pull in events and not drained_sent and self._take_frames(pull):
-                last_progress = time.monotonic()
+            idle = drained_sent or inp.exhausted
+            batch = [] if idle else inp.take(50)
+            try:
+                if self._take_frames(batch, inp.copies):
+                    last_progress = time.monotonic()
+            finally:
+                inp.release()
             if self._acks:
                 link.send(MsgType.ACK, {"ids": self._acks})
                 self._acks = []
-            msg = link.recv_ready() if link.sock in events else None
+            # Liveness is the control thread's: this loop looks at commands between batches.
+            msg = link.recv_ready() if link.sock.poll(100 if idle else 0) else None
             if msg is not None:
                 if msg.msg_type == MsgType.END:
                     self.end = msg.body
@@ -212,18 +243,15 @@ class Collector:
                     link.send(MsgType.DRAINED, self._drain_result(reason))
                     drained_sent = True
 
-    def _take_frames(self, pull: zmq.Socket) -> bool:
-        """Write up to BATCH waiting frames; True if any was new."""
+    def _take_frames(self, batch: list[list[Any]], copies: bool) -> bool:
+        """Write the frames taken; True if any was new."""
         progress = False
-        for _ in range(BATCH):
-            try:
-                parts = recv_parts(pull, zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            progress |= self._take(parts)
+        for parts in batch:
+            progress |= self._take(parts, copies)
         return progress
 
-    def _take(self, parts: list[zmq.Frame]) -> bool:
+    def _take(self, parts: list[Any], copies: bool = False) -> bool:
+        """Admit and write one frame; `copies`: its buffer is a ring slot, reused after."""
         damaged = len(self.drops.frames)
         header = admit(parts, self._run_id, self.drops)
         if header is None:
@@ -244,12 +272,20 @@ class Collector:
         assert self.writer is not None
         if header.flags & FLAG_PARTIAL:
             self.partial += 1
-        written = self.writer.write(index, parts[1].buffer, header.timestamp_ns, header.sender,
-                                    header.flags, header.parts)
+        payload = parts[1]
+        if self._check_chunk is not None and header.encoding == Encoding.BSLZ4:
+            try:
+                payload = self._check_chunk(payload)
+            except ProtocolError as exc:
+                self._failed.setdefault(index, f"frame {header.frame_id} as it came: {exc}")
+                return True
+        # Straight from the message or the ring slot: no copy in user space.
+        written = self.writer.write(index, memoryview(payload), header.timestamp_ns,
+                                    header.sender, header.flags, header.parts)
         if written:
             self._failed.pop(index, None)  # a good copy after a damaged one: written after all
         if written and self.tap is not None:
-            self.tap.offer(parts, self._run_id)
+            self.tap.offer(parts, self._run_id, copy=copies)
         return written
 
     def _damaged(self, frame_id: int, why: str) -> None:
@@ -260,14 +296,15 @@ class Collector:
         if index >= 0 and not self.writer.has(index):
             self._failed.setdefault(index, why)
 
-    def _failure(self, header: FrameHeader, payload: zmq.Frame) -> bool:
+    def _failure(self, header: FrameHeader, payload: Any) -> bool:
         """A worker could not process this frame: it is accounted for, missing with why."""
         index = header.frame_id - self._first
         if index < 0 or 0 <= self._expected <= index:
             self.drops.drop("invalid", f"failure record of frame {header.frame_id}: not in run")
             return False
         try:
-            reason = str(decode_body(header, payload.bytes).get("reason", "processing failed"))
+            reason = str(decode_body(header, bytes(memoryview(payload))).get(
+                "reason", "processing failed"))
         except ProtocolError as exc:
             reason = f"processing failed (undecodable reason: {exc})"
         assert self.writer is not None

@@ -241,6 +241,11 @@ class Source:
             raise ConfigError(f"{self.cfg.origin}: frames are received straight into ring "
                               f"slots, so the data endpoint must be ring://NAME, not "
                               f"{self.cfg.data} (workers then forward over tcp)")
+        if self.cfg.workers == 0 and (ring_name(self.cfg.data) is None or self.cfg.kernels
+                                      or self.cfg.compression not in (None, "none")):
+            raise ConfigError("--workers 0 sends frames through the ring to the collector "
+                              "as they are: it needs --data ring://NAME (the collector's "
+                              "--input) and no --kernels or --compress, which workers run")
         # The data output exists before the hub answers HELLO, so a worker told START finds it.
         raw = open_output(self.ctx, self.cfg.data, self.cfg.limits, self.origin.frame_bytes,
                           self.cfg.ring_slots, self.cfg.window if self.cfg.reliable else 0,
@@ -325,7 +330,7 @@ class Source:
         if time.monotonic() - stall.since < timeout:
             return
         workers = hub.peers_of("worker")
-        if len(hub.lost("worker")) == len(workers):
+        if workers and len(hub.lost("worker")) == len(workers):
             raise PeerTimeout(f"source: no worker took a frame for {timeout:.1f} s and none is "
                               f"alive ({len(workers)} known): frames {self.sent}.. not sent")
         waited = time.monotonic() - stall.since

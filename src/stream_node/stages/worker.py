@@ -18,9 +18,10 @@ from stream_node.kernels import compression
 from stream_node.links.base import FrameInput, ring_name
 from stream_node.links.control import ControlLink, Liveness, default_topology
 from stream_node.links.endpoints import open_input
+from stream_node.links.ring_links import RingOutput, fan_in_ring
 from stream_node.links.transport import HandshakeWatch, LinkLimits, connect, data_socket, send_frame
-from stream_node.model.contract import RunContract
-from stream_node.model.errors import ProtocolError, RunAborted, StreamNodeError
+from stream_node.model.contract import FrameGeometry, RunContract
+from stream_node.model.errors import ConfigError, ProtocolError, RunAborted, StreamNodeError
 from stream_node.model.frame import (
     FLAG_FAILED,
     FLAG_PAYLOAD_CRC,
@@ -38,6 +39,8 @@ from stream_node.stages.admission import admit
 from stream_node.stages.drops import WARN_LIMIT, DropLedger
 
 log = logging.getLogger(__name__)
+
+MIN_SLOT = 4096  # an output ring's slot holds at least a failure record (its reason text)
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Worker:
         self.failed = 0  # frames a kernel could not process (sent on as failure records)
         self.compress = False
         self.checksum = False  # seal what this worker sends (--checksum)
+        self._ring: RingOutput | None = None  # the output ring of a shared-memory fan-in
         self.chain: Any = None
         self.unpacked: np.ndarray | None = None  # decompressed frame, when frames come bslz4
         self.stalls = 0
@@ -105,12 +109,16 @@ class Worker:
         status = serve_status(self.ctx, cfg.status, cfg.metrics_port, self.status)
         watch_out = HandshakeWatch(push)
         inp: FrameInput | None = None
+        fan_in = ring_name(cfg.output)  # shared-memory fan-in: this worker's own output ring
         try:
-            connect(push, cfg.output, "collector's input")
+            if fan_in is None:
+                connect(push, cfg.output, "collector's input")
             run = RunContract.from_wire(link.wait_start(cfg.ready_timeout_s))
             try:
                 if not any(ring_name(e) for e in cfg.inputs):
                     cfg.limits.check_fits(run.input.largest_payload, "a frame from the source")
+                if fan_in is not None:
+                    self._ring = self._open_fan_in(fan_in, run)
             except StreamNodeError as exc:  # the source ends the run with this reason
                 link.send(MsgType.ABORT, {"reason": f"worker {cfg.name}: {exc}",
                                           "exit_code": int(exc.exit_code)})
@@ -133,7 +141,8 @@ class Worker:
                     raise RunAborted("the run finished before this worker was ready")
 
             inp.wait_ready(cfg.ready_timeout_s, listen)
-            watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}", listen)
+            if fan_in is None:
+                watch_out.wait(1, cfg.ready_timeout_s, f"the collector at {cfg.output}", listen)
             link.send(MsgType.READY)
             log.info("worker %s: run %#x ready; per link %s", cfg.name, link.run_id,
                      cfg.limits.describe(max(run.largest_frame_bytes, 1)))
@@ -145,7 +154,24 @@ class Worker:
                 inp.close()
             watch_out.close()
             push.close()
+            if self._ring is not None:
+                self._ring.close()  # ends its stream: the collector reads what is in it
             link.close()
+
+    def _open_fan_in(self, name: str, run: RunContract) -> RingOutput:
+        """This worker's output ring of a shared-memory fan-in, read by the collector in place:
+        `--sndhwm` frames in flight, each slot the largest payload the run's output can be."""
+        if not 0 <= self.cfg.index < max(run.workers, 1):
+            raise ConfigError(f"worker {self.cfg.name}: --index {self.cfg.index} with a "
+                              f"ring:// fan-in must be 0..{run.workers - 1} (the collector "
+                              f"reads rings {fan_in_ring(name, 0)}..; the run has "
+                              f"{run.workers} workers)")
+        out = RingOutput(fan_in_ring(name, self.cfg.index), self.cfg.limits.sndhwm,
+                         max(FrameGeometry(run.output.shape, run.output.dtype,
+                                       run.encoding).largest_payload, MIN_SLOT), group="collector",
+                         latest_readers=0)
+        log.info("worker %s: output %s", self.cfg.name, out.describe())
+        return out
 
     def _serve(self, link: ControlLink, inp: FrameInput, push: zmq.Socket) -> None:
         while True:
@@ -205,7 +231,7 @@ class Worker:
         payload, remade = parts[1], False
         if header.flags & FLAG_FAILED:  # the origin or a worker upstream could not make it
             header.sender = self.cfg.index
-            self._send(link, push, header.pack(), payload, copy)
+            self._send(link, push, header, payload, copy)
             return
         if self._check_chunk is not None and header.encoding == Encoding.BSLZ4:
             try:
@@ -238,7 +264,7 @@ class Worker:
             header.sender = self.cfg.index
         if self.checksum and (remade or not header.flags & FLAG_PAYLOAD_CRC):
             header.seal(payload_crc(payload))  # what leaves here is sealed, as it came
-        self._send(link, push, header.pack(), payload, copy)
+        self._send(link, push, header, payload, copy)
         self.frames += 1
         self.bytes += header.payload_bytes
 
@@ -248,19 +274,23 @@ class Worker:
         self.failed += 1
         if self.failed <= WARN_LIMIT:
             log.warning("worker %s: %s", self.cfg.name, reason)
-        self._send(link, push, *failure_record(header, self.out_shape, self.out_dtype, reason,
-                                               self.cfg.index), False)
+        packed, body = failure_record(header, self.out_shape, self.out_dtype, reason,
+                                      self.cfg.index)
+        self._send(link, push, FrameHeader.parse(packed), body, False)
 
-    def _send(self, link: ControlLink, push: zmq.Socket, header: bytes, payload: Any,
+    def _send(self, link: ControlLink, push: zmq.Socket, header: FrameHeader, payload: Any,
               copy: bool) -> None:
-        """Send, waiting for the collector's pipe while still hearing the source (backpressure).
-
-        The send itself never blocks: the pipe that poll() saw writable may vanish before it.
-        """
+        """Send, waiting for the collector's pipe or ring while still hearing the source
+        (backpressure). The send itself never blocks: the pipe that poll() saw writable may
+        vanish before it."""
+        packed = header.pack() if self._ring is None else b""
         while True:
-            if push.poll(100, zmq.POLLOUT):
+            if self._ring is not None:
+                if self._ring.put(header, payload, 100):  # copied once, into the slot
+                    return
+            elif push.poll(100, zmq.POLLOUT):
                 try:
-                    send_frame(push, header, payload, zmq.NOBLOCK, copy=copy)
+                    send_frame(push, packed, payload, zmq.NOBLOCK, copy=copy)
                     return
                 except zmq.Again:
                     pass
