@@ -24,7 +24,6 @@ from stream_node.links.transport import LinkLimits
 from stream_node.links.zmq_links import PullInput
 from stream_node.model.contract import FrameGeometry, RunContract
 from stream_node.model.errors import (
-    ConfigError,
     ExitCode,
     ProtocolError,
     RunAborted,
@@ -98,10 +97,6 @@ class Collector:
                 self._open(start, link.run_id)
                 if fan_in is not None:
                     inp = self._fan_in(fan_in)
-                elif self.contract.workers == 0:
-                    raise ConfigError(f"the run has no workers: frames come straight from the "
-                                      f"source's ring, so --input must be its ring://NAME, not "
-                                      f"{cfg.input}")
             except StreamNodeError as exc:
                 link.send(MsgType.ABORT, {"reason": str(exc), "exit_code": int(exc.exit_code)})
                 raise
