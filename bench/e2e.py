@@ -19,6 +19,7 @@ Usage::
     python bench/e2e.py --frames 500 --shape 256x512 --workers 1,2
     python bench/e2e.py --only naive         # skip stream-node (e.g. while it is being written)
     python bench/e2e.py --naive-transport both --repeat 3   # naive over tcp and ipc, medians
+    python bench/e2e.py --durable            # each run timed until its bytes are on disk
 
 The exit status is 0 only when every pipeline that ran wrote every frame correctly.
 """
@@ -567,6 +568,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per row, interleaved; the median is shown"
     )
+    parser.add_argument(
+        "--durable", action="store_true",
+        help="count each run until its bytes are on disk (an os.sync() after it, timed): "
+             "every row then pays the disk, not whatever the page cache still held")
     args = parser.parse_args(argv)
     # Ctrl-C and kill both unwind through the finally blocks that end the child processes.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -627,6 +632,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     except Exception as exc:
                         msg = f"{type(exc).__name__}: {exc}"
                         result = RunResult(name, workers, frames, nbytes, error=msg)
+                    if args.durable and result.error is None:
+                        t0 = time.perf_counter()
+                        os.sync()
+                        result.seconds += time.perf_counter() - t0
                     verify(result, path, shape, dtype)
                     runs[name].append(result)
                     shutil.rmtree(run_dir)  # disk holds one run's output at a time

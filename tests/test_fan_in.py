@@ -194,3 +194,32 @@ def test_a_stale_fan_in_ring_of_a_killed_run_is_replaced_not_read(node, tmp_path
     assert finish(worker)[0] == ExitCode.OK
     run = ledger(path, 300)
     assert run.missing == {}
+
+
+@pytest.mark.timeout(120)
+def test_reliable_mode_over_a_ring_fan_in_loses_nothing_when_a_worker_is_killed(node,
+                                                                               tmp_path):
+    """ZeroMQ fan-out with --reliable, ring fan-in: ACKs travel on the control channel, so the
+    frames a killed worker held (taken, or in its ring unread) are sent again to the other and
+    the file is complete; its ring's published frames are written once (duplicates counted)."""
+    _, fanin = rings()
+    control, fanout = f"ipc://{tmp_path}/control", f"ipc://{tmp_path}/fanout"
+    status = free_tcp_endpoint()
+    path = tmp_path / "run.h5"
+    timing = ("--peer-timeout", "1", "--ready-timeout", "20")
+    collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
+                     "--status", status, "--drain-timeout", "4", *timing)
+    workers = [node("worker", "--control", control, "--input", fanout, "--output", fanin,
+                    "--name", f"w{i}", "--index", str(i), *timing) for i in range(2)]
+    source = node("source", "--control", control, "--data", fanout, "--workers", "2",
+                  "--frames", "800", "--shape", "x".join(map(str, SHAPE)), "--reliable",
+                  "--kernels", str(slow_chain(tmp_path)), *timing)
+    wait_run_started(source)
+    wait_written(status, 100)
+    os.kill(workers[0].pid, signal.SIGKILL)
+    code, _out, err = finish(source)
+    assert code == ExitCode.OK, err[-3000:]
+    assert finish(collector)[0] == ExitCode.OK
+    run = ledger(path, 800)
+    assert run.missing == {} and run.received.all()
+    assert run.counters["reports"]["source"]["redispatched"] > 0
