@@ -421,12 +421,15 @@ class RunWriter:
         if received[index]:
             self.duplicates += 1
             return False
+        # A memoryview, never the ndarray itself: h5py takes a slow path for an ndarray (an
+        # 8 MiB frame written 3-8x slower here, measured), none for a buffer.
+        chunk = memoryview(payload)
         try:
             if self.frames_per_file:
                 k, at = divmod(index, self.frames_per_file)
-                self._data_file(k).id.write_direct_chunk((at, *self._zeros), payload)
+                self._data_file(k).id.write_direct_chunk((at, *self._zeros), chunk)
             else:
-                self._dset_id.write_direct_chunk((index, *self._zeros), payload)
+                self._dset_id.write_direct_chunk((index, *self._zeros), chunk)
         except OSError as exc:
             last = "none" if self.last_written is None else str(self.last_written)
             self.failure = brief(exc)
