@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +24,25 @@ SHAPE = (128, 256)
 sender = pytest.fixture(protocol_senders._sender_fixture, name="sender")
 
 
+TAGS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def remove_rings():
+    """A killed worker cannot remove its ring (the next run on its name would): the test does,
+    so /dev/shm keeps nothing of it."""
+    yield
+    from stream_node.links.ring import Ring
+
+    while TAGS:
+        tag = TAGS.pop()
+        for path in Path("/dev/shm").glob(f"sn-ring-t-*-{tag}*"):
+            Ring.unlink(path.name.removeprefix("sn-ring-"))
+
+
 def rings() -> tuple[str, str]:
     tag = secrets.token_hex(4)
+    TAGS.append(tag)
     return f"ring://t-out-{tag}", f"ring://t-in-{tag}"
 
 
