@@ -6,6 +6,7 @@ import time
 from enum import IntEnum
 from typing import Any
 
+import crc32c
 import msgpack
 import numpy as np
 
@@ -56,8 +57,6 @@ def payload_crc(payload: Any) -> int:
     """CRC-32C of a payload (any buffer), the code the header's own crc uses. Hardware
     accelerated (SSE4.2) and without the GIL for large buffers: about 20 GB/s on one core, so
     `--checksum` costs about 0.4 ms per 8 MiB frame at each hop (bench/transport.py)."""
-    import crc32c
-
     return crc32c.crc32c(payload)
 
 

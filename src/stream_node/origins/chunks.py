@@ -17,6 +17,7 @@ what the file stores: those frames are decompressed here, at the origin, into ra
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import lz4.block
@@ -24,6 +25,7 @@ import numpy as np
 
 from stream_node.kernels import compression
 from stream_node.kernels.chunk_walk import block_problem
+from stream_node.model.contract import FrameGeometry
 from stream_node.model.errors import ProtocolError
 
 HEADER = compression.CHUNK_HEADER
@@ -120,3 +122,11 @@ def packed_array(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
     return {"__array__": "bslz4", "dtype": array.dtype.str, "shape": list(array.shape),
             "data": compression.compress(array).tobytes()}
+
+
+def chunk_checker(geometry: FrameGeometry) -> Callable[[Any], np.ndarray]:
+    """`check_bslz4` with its blocks walked, for chunks of `geometry` passed through as they
+    came: the source checks their header only, and the stage after it (a worker, or the
+    collector when no worker is on the path) walks each one."""
+    nbytes, itemsize = geometry.nbytes, geometry.dtype.itemsize
+    return lambda blob: check_bslz4(blob, nbytes, itemsize)

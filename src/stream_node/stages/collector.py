@@ -174,10 +174,9 @@ class Collector:
         if run.workers == 0 and run.input.encoding == Encoding.BSLZ4:
             # No worker walks a detector's chunks on this path: the collector does (the
             # source checked their header only), so a damaged one is recorded, never written.
-            from stream_node.origins.chunks import check_bslz4
+            from stream_node.origins.chunks import chunk_checker
 
-            nbytes, itemsize = run.input.nbytes, run.input.dtype.itemsize
-            self._check_chunk = lambda payload: check_bslz4(payload, nbytes, itemsize)
+            self._check_chunk = chunk_checker(run.input)
         output = FrameGeometry(run.output.shape, run.output.dtype, run.encoding)
         self.cfg.limits.check_fits(output.largest_payload, "a frame for the collector")
         metadata = {"run_id": run_id, "run_id_hex": f"{run_id:#018x}", "start": start,
@@ -275,8 +274,8 @@ class Collector:
                 self._failed.setdefault(index, f"frame {header.frame_id} as it came: {exc}")
                 return True
         # Straight from the message or the ring slot: no copy in user space.
-        written = self.writer.write(index, memoryview(payload), header.timestamp_ns,
-                                    header.sender, header.flags, header.parts)
+        written = self.writer.write(index, payload, header.timestamp_ns, header.sender,
+                                    header.flags, header.parts)
         if written:
             self._failed.pop(index, None)  # a good copy after a damaged one: written after all
         if written and self.tap is not None:

@@ -194,10 +194,9 @@ class Worker:
         source = run.input
         if self.chain is not None or source.encoding != Encoding.BSLZ4:
             return  # a chain decompresses each frame, which checks it entirely
-        from stream_node.origins.chunks import check_bslz4
+        from stream_node.origins.chunks import chunk_checker
 
-        nbytes, itemsize = source.nbytes, source.dtype.itemsize
-        self._check_chunk = lambda payload: check_bslz4(payload, nbytes, itemsize)
+        self._check_chunk = chunk_checker(source)
 
     def _setup_kernels(self, run: RunContract) -> None:
         """Build the run's kernel chain before READY: every kernel compiled, every buffer

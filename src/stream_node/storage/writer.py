@@ -452,7 +452,7 @@ class RunWriter:
             self.last_index = index
         self.frames_written += 1
         self.bytes_written += self._frame_nbytes
-        self.bytes_stored += memoryview(payload).nbytes
+        self.bytes_stored += chunk.nbytes
         self.last_written = index + self.first_frame_id
         return True
 
