@@ -241,3 +241,22 @@ def test_reliable_mode_over_a_ring_fan_in_loses_nothing_when_a_worker_is_killed(
     run = ledger(path, 800)
     assert run.missing == {} and run.received.all()
     assert run.counters["reports"]["source"]["redispatched"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_without_workers_a_collector_on_another_ring_is_refused_naming_it(node, tmp_path):
+    """--workers 0, but the collector's --input is not the source's ring: refused at START,
+    naming the ring it cannot find, before any frame."""
+    fanout, fanin = rings()
+    control = f"ipc://{tmp_path}/control"
+    path = tmp_path / "run.h5"
+    timing = ("--peer-timeout", "2", "--ready-timeout", "20")
+    collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
+                     *timing)
+    source = node("source", "--control", control, "--data", fanout, "--workers", "0",
+                  "--frames", "5", "--shape", "x".join(map(str, SHAPE)), *timing)
+    code, _out, err = finish(source)
+    assert code == ExitCode.CONFIG, err[-3000:]
+    assert f"no ring '{fanin.removeprefix('ring://')}' on this host" in err
+    assert finish(collector)[0] == ExitCode.CONFIG
+    assert not path.exists()  # refused before the file was made

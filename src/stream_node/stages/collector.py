@@ -94,9 +94,9 @@ class Collector:
                 inp = PullInput(self.ctx, [cfg.input], cfg.limits, bound=True)
             start = link.wait_start(cfg.ready_timeout_s)
             try:
+                if fan_in is not None:  # before the file: a wrong ring leaves none behind
+                    inp = self._fan_in(fan_in, RunContract.from_wire(start).workers)
                 self._open(start, link.run_id)
-                if fan_in is not None:
-                    inp = self._fan_in(fan_in)
             except StreamNodeError as exc:
                 link.send(MsgType.ABORT, {"reason": str(exc), "exit_code": int(exc.exit_code)})
                 raise
@@ -132,10 +132,9 @@ class Collector:
                 inp.close()
             link.close()
 
-    def _fan_in(self, name: str) -> RingFanIn:
+    def _fan_in(self, name: str, workers: int) -> RingFanIn:
         """A shared-memory fan-in: each worker's output ring, or with no worker on the path,
         the source's own ring (this collector then takes the frames the workers would)."""
-        workers = self.contract.workers
         if workers == 0:
             return RingFanIn([name], "workers").require()
         return RingFanIn([fan_in_ring(name, i) for i in range(workers)], "collector")
