@@ -20,6 +20,7 @@ import hashlib
 import json
 import struct
 import sys
+import time
 
 import bitshuffle
 import lz4.block
@@ -173,7 +174,17 @@ def dectris_image(args: argparse.Namespace, series: int, i: int,
 
 def send_dectris(args: argparse.Namespace) -> None:
     ctx, sock = _bind(zmq.PUSH)
-    series = args.series
+    for k in range(args.series_count):  # a detector armed again `--gap-ms` after each end
+        if k:
+            time.sleep(args.gap_ms / 1000)
+        _dectris_series(args, sock, args.series + k)
+        print(f"SENT {args.series + k} {time.time():.6f}", flush=True)
+    time.sleep(args.stay_s)  # connected, sending nothing: a detector not armed yet
+    sock.close()
+    ctx.term()
+
+
+def _dectris_series(args: argparse.Namespace, sock: zmq.Socket, series: int) -> None:
     if args.fault == "image_before_header":
         sock.send_multipart(dectris_image(args, series, 0))
     sock.send_multipart(dectris_header(args, series))
@@ -187,8 +198,6 @@ def send_dectris(args: argparse.Namespace) -> None:
         sock.send_multipart(dectris_image(args, series, i), copy=False)
     if args.fault != "no_end":
         sock.send_multipart([_jsonb({"htype": "dseries_end-1.0", "series": series})])
-    sock.close()
-    ctx.term()
 
 
 # -- DECTRIS stream2 (CBOR) ---------------------------------------------------------------------
@@ -413,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="dectris: <, lz4<, bs16-lz4<, bs32-lz4<; stream2: none, bslz4, lz4")
     p.add_argument("--detail", default="basic", choices=["none", "basic", "all"])
     p.add_argument("--series", type=int, default=7)
+    p.add_argument("--series-count", type=int, default=1,
+                   help="dectris: send this many series, one after the other")
+    p.add_argument("--stay-s", type=float, default=0.0,
+                   help="dectris: stay connected this long after the last series")
+    p.add_argument("--gap-ms", type=float, default=10.0,
+                   help="dectris: the detector arms again this long after a series ended")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--pattern", default="req", choices=["req", "pull", "sub"])
     p.add_argument("--karabo-version", default="2.2", choices=["1.0", "2.2"])

@@ -18,6 +18,7 @@ import zmq
 from stream_node._version import __version__
 from stream_node.cli import (
     collector,
+    ctl,
     demo,
     inspect_file,
     keys,
@@ -40,7 +41,7 @@ log = logging.getLogger("stream_node")
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 COMMANDS = (demo, source, worker, collector, status, view, keys, inspect_file, topology,
-            pedestal)
+            pedestal, ctl)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                           "stream_node.subscribe (never slows the run)")
     col.add_argument("--tap-rate", type=positive(float), default=10.0, metavar="HZ",
                      help="frames per second the tap publishes at most (default 10)")
+    col.add_argument("--serve", action="store_true",
+                     help="stay up run after run (as `stream-node serve` starts it): each run's "
+                          "file is named by the serving node, in --file's directory")
     node_options(col)
     col.set_defaults(handler=run)
     return col
@@ -44,13 +47,23 @@ def run(args: argparse.Namespace) -> int:
     from stream_node.model.errors import StorageError
     from stream_node.stages.collector import Collector, CollectorConfig
 
-    collector = Collector(CollectorConfig(
-        control=args.control, input=args.input, path=args.file, overwrite=args.overwrite,
-        drain_timeout_s=args.drain_timeout, ready_timeout_s=args.ready_timeout,
-        flush_interval_s=args.flush_interval, frames_per_file=args.frames_per_file,
-        resume=args.resume,
-        tap=args.tap, tap_rate=args.tap_rate,
-        **node_settings(args)))
+    settings = node_settings(args)
+
+    def collector_of(status: str | None) -> Collector:
+        return Collector(CollectorConfig(
+            control=args.control, input=args.input, path=args.file, overwrite=args.overwrite,
+            drain_timeout_s=args.drain_timeout, ready_timeout_s=args.ready_timeout,
+            flush_interval_s=args.flush_interval, frames_per_file=args.frames_per_file,
+            resume=args.resume, tap=args.tap, tap_rate=args.tap_rate, serving=args.serve,
+            **{**settings, "status": status, "metrics_port": None if args.serve
+               else settings["metrics_port"]}))
+
+    if args.serve:
+        from stream_node.stages.serving import serve_runs
+
+        return serve_runs("collector", "collector", lambda: collector_of(None), args.status,
+                          args.metrics_port)
+    collector = collector_of(args.status)
     try:
         summary = collector.run()
     except StorageError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from stream_node.cli.options import (
     count,
@@ -15,6 +16,9 @@ from stream_node.cli.options import (
     role_parser,
 )
 from stream_node.cli.signals import terminate
+
+if TYPE_CHECKING:
+    from stream_node.stages.source import SourceConfig
 
 
 def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -75,10 +79,11 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 log = logging.getLogger("stream_node")
 
 
-def run(args: argparse.Namespace) -> int:
-    from stream_node.stages.source import Source, SourceConfig
+def source_config(args: argparse.Namespace) -> SourceConfig:
+    """The source's settings from its command line (a topology's source stage too)."""
+    from stream_node.stages.source import SourceConfig
 
-    source = Source(SourceConfig(
+    return SourceConfig(
         control=args.control, data=args.data, workers=args.workers, frames=args.frames,
         shape=args.shape, dtype=args.dtype, seed=args.seed, rate=args.rate,
         ring_slots=args.ring_slots, ready_timeout_s=args.ready_timeout,
@@ -88,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
         credit=args.credit, window=args.window,
         collector_restart_s=args.collector_restart or 0.0, stall_timeout_s=args.stall_timeout,
         resend_after_s=args.resend_after, checksum=args.checksum,
-        **node_settings(args)))
+        **node_settings(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream_node.stages.source import Source
+
+    source = Source(source_config(args))
 
     def stop(signum: int, frame: object) -> None:
         """The first signal ends the run at the last frame sent; the next aborts it."""

@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,28 @@ signals: the first SIGINT/SIGTERM goes to the source, which ends the run (the ot
     run.set_defaults(handler=run_node)
     run.add_argument("--dry-run", action="store_true",
                      help="print the commands this node would run, start nothing")
+
+    srv = sub.add_parser("serve", help="keep this host's stages of a topology up, run after "
+                         "run, with an HTTP API and a status page",
+                         formatter_class=FORMAT, epilog="""example:
+  stream-node serve examples/serve.toml --node local --api 127.0.0.1:8470
+  stream-node ctl 127.0.0.1:8470 config frames=100
+  stream-node ctl 127.0.0.1:8470 start
+runs: a DECTRIS source (dectris+tcp://, dectris2+tcp://) makes one run of each series the
+  detector sends; any other source runs when told (`ctl start`, POST /api/v1/command/start).
+  Each run's file is the API's file_template, in the collector's --file directory.
+signals: the first SIGINT/SIGTERM ends the current run cleanly, then every stage; the second
+  aborts the run; the third kills""" + EPILOG)
+    srv.add_argument("topology", type=Path, metavar="TOPOLOGY.toml")
+    srv.add_argument("--node", required=True, help="this host's node in the topology")
+    srv.add_argument("--api", default="127.0.0.1:8470", metavar="HOST:PORT",
+                     help="where the HTTP API and the status page listen (default "
+                          "127.0.0.1:8470; 'off': none)")
+    srv.add_argument("--token-file", default=None, metavar="PATH",
+                     help="commands and config changes need this token (chmod 600); default: "
+                          "env STREAM_NODE_TOKEN, else none needed")
+    overrides(srv)
+    srv.set_defaults(handler=serve_node)
 
     chk = sub.add_parser("check", help="validate a topology file, start nothing",
                          formatter_class=FORMAT, epilog=TOPOLOGY_EXAMPLE + EPILOG)
@@ -83,6 +106,28 @@ def run_node(args: argparse.Namespace) -> int:
             print(shlex.join(["stream-node", *global_args(args), *command.args]))
         return ExitCode.OK
     return Launcher(topo, args.node, global_args(args), args.log_json).run()
+
+
+def serve_node(args: argparse.Namespace) -> int:
+    from stream_node.cli.source import source_config
+    from stream_node.deploy.api_token import load_token
+    from stream_node.deploy.service import Service
+
+    topo = _load_topology(args)
+    node = topo.node(args.node).name
+    source = None
+    with tempfile.TemporaryDirectory(prefix="stream-node-serve-") as tmp:
+        for command in topo.commands(node, topo.write_kernels(Path(tmp))):
+            if command.role == "source":  # it runs in the serving process: its flags parsed
+                source = source_config(role_parsers()["source"].parse_args(command.args[1:]))
+    api = None
+    if args.api != "off":
+        host, _, port = args.api.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--api {args.api!r}: expected HOST:PORT, e.g. 127.0.0.1:8470")
+        api = (host.strip("[]"), int(port))
+    return Service(topo, node, global_args(args), source, api, load_token(args.token_file),
+                   args.log_json).run()
 
 
 def check(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ PUSH round-robin cannot broadcast, so run-wide messages travel here: the source 
 from __future__ import annotations
 
 import getpass
+import itertools
 import logging
 import os
 import threading
@@ -25,6 +26,8 @@ from stream_node.model.errors import ExitCode, PeerTimeout, ProtocolError, RunAb
 from stream_node.model.frame import FrameHeader, MsgType, control_message, decode_body
 
 log = logging.getLogger(__name__)
+
+_LINKS = itertools.count()  # numbers this process's control links
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class Peer:
     finished: bool = False  # said DONE: it has left, on purpose
     unreachable: bool = False  # its connection is gone (it died or was cut off)
     final: dict | None = None  # the body of its DONE (or DRAINED for the collector)
+    waiting: bool = False  # held for the next run (said HELLO to a kept hub between runs)
 
 
 @dataclass(slots=True)
@@ -108,12 +112,15 @@ class ControlHub:
     """The source's end: answers HELLO with START, tracks READY/DONE, broadcasts END and FINISH.
 
     HELLO, heartbeats and admission are handled in the control thread; `poll` returns the rest.
+    A serving node keeps one hub across runs: made idle (`start_body` None), it holds each
+    HELLO until `begin` names the next run, and `idle` forgets the peers of the run just ended
+    (their stages come back with new links for the next one).
     """
 
     ctx: zmq.Context
     endpoint: str
     run_id: int
-    start_body: dict
+    start_body: dict | None
     liveness: Liveness = field(default_factory=Liveness)
     topology: str = field(default_factory=default_topology)  # others' peers are refused
 
@@ -123,6 +130,7 @@ class ControlHub:
         self.rejected = 0
         self.refused = 0  # HELLOs of another topology
         self.foreign = 0
+        self._ended: set[int] = set()  # runs this hub served: their stragglers are no fault
         sock = self.ctx.socket(zmq.ROUTER)
         # A send to a peer that is gone raises instead of vanishing silently.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -138,6 +146,38 @@ class ControlHub:
 
     def close(self) -> None:
         self._pump.close()
+
+    def begin(self, run_id: int, start_body: dict) -> None:
+        """Start the next run on a kept hub: every peer waiting since its HELLO gets START now,
+        later ones get it with their answer (the lock makes it one or the other, never both)."""
+        with self._lock:
+            self.run_id, self.start_body = run_id, start_body
+            waiting = list(self.peers.values())
+            now = time.monotonic()
+            for peer in waiting:  # an idle link sends no heartbeat: its silence starts now
+                peer.last_seen, peer.waiting = now, False
+        for peer in waiting:
+            self._pump.send([peer.identity, *control_message(MsgType.START, run_id,
+                                                             start_body)])
+
+    def hold_new(self) -> None:
+        """The run is ending: a stage that says HELLO now is back for the next run (its link
+        of this one is done), so it waits for the next `begin` instead of joining this run."""
+        with self._lock:
+            self.start_body = None
+
+    def idle(self) -> None:
+        """The run is over: forget its peers (not those waiting for the next run) and hold
+        HELLOs until the next `begin`."""
+        with self._lock:
+            if self.run_id:
+                self._ended.add(self.run_id)
+            self.run_id, self.start_body = 0, None
+            self.peers = {k: p for k, p in self.peers.items() if p.waiting}
+
+    def waiting(self, role: str) -> int:
+        """Stages of `role` that said HELLO and wait for the next run."""
+        return sum(p.waiting and not p.unreachable for p in self.peers_of(role))
 
     def all_peers(self) -> list[Peer]:
         with self._lock:
@@ -191,7 +231,7 @@ class ControlHub:
             return []
         limit = time.monotonic() - self.liveness.silent_after_s
         return [p for p in self.all_peers()
-                if not p.finished and (p.unreachable or p.last_seen < limit)
+                if not (p.finished or p.waiting) and (p.unreachable or p.last_seen < limit)
                 and (role is None or p.role == role)]
 
     # -- in the control thread -----------------------------------------------------------
@@ -210,6 +250,8 @@ class ControlHub:
             return False
         peer = self.peers.get(identity)
         if peer is None:
+            if header.run_id in self._ended:  # a stage of a run just ended, still saying bye
+                return False
             self.rejected += 1
             log.warning("control: %s from unknown peer %r ignored", msg_type.name, identity)
             return False
@@ -236,11 +278,18 @@ class ControlHub:
                 MsgType.ABORT, self.run_id, {"reason": why, "exit_code": int(ExitCode.CONFIG)})])
             return
         with self._lock:
-            self.peers[identity] = peer
-        log.info("control: %s %s (pid %d) said hello", peer.role, peer.name, peer.pid)
-        if not _beat(sock, [identity, *control_message(MsgType.START, self.run_id,
-                                                       self.start_body)]):
-            peer.unreachable = True
+            known = self.peers.get(identity)
+            if known is not None:  # said again by a link that heard nothing for a while
+                known.last_seen, known.unreachable = peer.last_seen, False
+            else:
+                self.peers[identity] = peer
+                peer.waiting = self.start_body is None
+            body = self.start_body
+        if known is None:
+            log.info("control: %s %s (pid %d) said hello", peer.role, peer.name, peer.pid)
+        if body is not None and not _beat(sock, [identity, *control_message(
+                MsgType.START, self.run_id, body)]):
+            (known or peer).unreachable = True
 
     def _beat(self, sock: zmq.Socket) -> None:
         beat = control_message(MsgType.HEARTBEAT, self.run_id)
@@ -275,7 +324,9 @@ class ControlLink:
         self.run_id = 0
         self.rejected = 0
         self.foreign = 0
-        self.identity = f"{role}:{name}:{os.getpid()}".encode()
+        # One per link, not per process: a serving stage's link of its next run must not take
+        # the routing id its last run's link may still hold (the hub would refuse it).
+        self.identity = f"{role}:{name}:{os.getpid()}:{next(_LINKS)}".encode()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.setsockopt(zmq.LINGER, 1000)
@@ -291,9 +342,9 @@ class ControlLink:
         self._pump = SocketPump(ctx, sock, self.liveness.heartbeat_s, self._arrived, self._beat,
                                 self._unsent, self._woke, f"{role}-{name}")
         self.sock = self._pump.front  # readable when `recv_ready` has something for the caller
-        self.send(MsgType.HELLO, {"role": role, "name": name, "pid": os.getpid(),
-                                  "topology": default_topology() if topology is None
-                                  else topology})
+        self._hello = {"role": role, "name": name, "pid": os.getpid(),
+                       "topology": default_topology() if topology is None else topology}
+        self.send(MsgType.HELLO, self._hello)
 
     def close(self, linger_ms: int | None = None) -> None:
         self.watch.close()
@@ -302,15 +353,24 @@ class ControlLink:
     def send(self, msg_type: MsgType, body: Any = None) -> None:
         self._pump.send(control_message(msg_type, self.run_id, body))
 
-    def wait_start(self, timeout_s: float) -> dict:
-        """Block until the hub sends START; PeerTimeout naming the hub if it never does."""
-        deadline = time.monotonic() + timeout_s
+    def wait_start(self, timeout_s: float | None) -> dict:
+        """Block until the hub sends START; PeerTimeout naming the hub if it never does.
+
+        None waits for ever, as a serving stage does between runs: HELLO is then said again
+        whenever the hub stays silent (a kept hub beats every waiting peer), so a source that
+        was restarted meanwhile learns of this stage too."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        said = time.monotonic()
         while True:
-            left_ms = int((deadline - time.monotonic()) * 1000)
+            left_ms = 200 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if deadline is None and time.monotonic() - max(said, self._last_heard) > \
+                    self.liveness.silent_after_s:
+                said = time.monotonic()
+                self.send(MsgType.HELLO, self._hello)
             if left_ms <= 0:
                 raise PeerTimeout(
                     f"{self.role} {self.name}: no START from the source at {self.endpoint} "
-                    f"within {timeout_s:.1f} s: is the source running?"
+                    f"within {timeout_s or 0:.1f} s: is the source running?"
                 )
             self.watch.check(f"the source's control endpoint {self.endpoint}")
             msg = self.recv(min(left_ms, 200))

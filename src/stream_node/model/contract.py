@@ -121,6 +121,7 @@ class RunContract:
     software_version: str = ""
     origin: Mapping[str, Any] = field(default_factory=dict)
     checksum: bool = False  # payloads carry their CRC-32C; stages that make one seal it
+    file: str | None = None  # a serving node's name for this run's file (in the collector's dir)
 
     @cached_property  # asked of every frame the collector admits
     def encoding(self) -> Encoding:
@@ -165,6 +166,8 @@ class RunContract:
             "dispatch": self.dispatch.to_wire(), "compression": self.compression,
             "checksum": self.checksum,
         }
+        if self.file is not None:
+            body["file"] = self.file
         if self.detector is not None:
             body["detector"] = dict(self.detector)
         if self.instrument is not None:
@@ -197,6 +200,7 @@ class RunContract:
             rate=_typed(body, "rate", float, 0.0), workers=_typed(body, "workers", int, 0),
             software_version=_typed(body, "software_version", str, ""),
             checksum=_typed(body, "checksum", _boolean, False),
+            file=_typed(body, "file", str, None),
             origin={k: v for k, v in body.items() if k not in _CONTRACT_KEYS})
         if contract.compression not in ("none", "bslz4"):
             raise ProtocolError(f"START: unknown compression {contract.compression!r}")
@@ -209,7 +213,7 @@ class RunContract:
 _CONTRACT_KEYS = frozenset({
     "shape", "dtype", "input", "kernels", "frames", "first_frame_id", "per_frame_columns",
     "rate", "workers", "software_version", "dispatch", "compression", "detector",
-    "instrument", "checksum"})
+    "instrument", "checksum", "file"})
 
 
 def _field(body: Mapping[str, Any], key: str, where: str) -> Any:

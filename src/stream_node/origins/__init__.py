@@ -25,9 +25,13 @@ Numba block walk, the UDP origin its native receiver. Origins never import the s
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from stream_node.model.errors import ConfigError
 from stream_node.origins.base import Origin, OriginOptions
+
+if TYPE_CHECKING:
+    from stream_node.origins.received import DetectorConnection
 
 # scheme (what precedes "://" or ":") -> (module, class or factory); it takes (address, options).
 ORIGINS: dict[str, tuple[str, str]] = {
@@ -57,10 +61,8 @@ def origin_scheme(endpoint: str) -> str | None:
     return scheme if sep and scheme in ORIGINS else None
 
 
-def open_origin(endpoint: str, options: OriginOptions) -> Origin:
-    """The origin an endpoint names: `synthetic:`, `file://PATH`, `SCHEME://ADDRESS`, or
-    `PROTOCOL+TRANSPORT://ADDRESS` (a protocol spoken over a ZeroMQ transport, e.g.
-    `dectris+tcp://host:9999`; the origin gets `tcp://host:9999`)."""
+def _address(endpoint: str) -> tuple[str, str]:
+    """(scheme, what the origin's class gets) for a known origin's endpoint."""
     scheme = origin_scheme(endpoint)
     if scheme is None:
         raise ConfigError(f"unknown frame origin {endpoint!r}: use one of {known_origins()}")
@@ -69,5 +71,32 @@ def open_origin(endpoint: str, options: OriginOptions) -> Origin:
         rest = endpoint.partition(":")[2]
     elif "+" in head:
         rest = f"{head.split('+', 1)[1]}://{rest}"
+    return scheme, rest
+
+
+SERIES = frozenset({"dectris", "dectris2"})  # detectors that push series a serving node waits for
+
+
+def series_origin(endpoint: str) -> bool:
+    """Whether runs of this origin begin when the detector sends a series (else on command)."""
+    return origin_scheme(endpoint) in SERIES
+
+
+def detector_connection(endpoint: str) -> DetectorConnection:
+    """A serving node's connection to a detector that pushes series, kept between them."""
+    from stream_node.origins.received import DetectorConnection
+
+    scheme, address = _address(endpoint)
+    if scheme not in SERIES:
+        raise ConfigError(f"{endpoint}: only {', '.join(sorted(SERIES))} detectors push the "
+                          "series a serving node waits for")
+    return DetectorConnection(address)
+
+
+def open_origin(endpoint: str, options: OriginOptions) -> Origin:
+    """The origin an endpoint names: `synthetic:`, `file://PATH`, `SCHEME://ADDRESS`, or
+    `PROTOCOL+TRANSPORT://ADDRESS` (a protocol spoken over a ZeroMQ transport, e.g.
+    `dectris+tcp://host:9999`; the origin gets `tcp://host:9999`)."""
+    scheme, rest = _address(endpoint)
     module, name = ORIGINS[scheme]
     return getattr(importlib.import_module(module), name)(rest, options)

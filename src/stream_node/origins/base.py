@@ -76,6 +76,7 @@ class OriginOptions:
     rate: float = 0.0
     recorded_rate: bool = False
     timeout_s: float = 10.0  # received origins: how long the detector may stay silent
+    connection: Any = None  # a serving node's `DetectorConnection`, kept between series
 
 
 class Origin(ABC):

@@ -230,6 +230,8 @@ class DectrisOrigin(ReceivedOrigin):
             if rest:
                 self.appendix = bytes(rest[0].buffer).decode(errors="replace")
             return True
+        if kind == END and self.ended_before(head.get("series")):
+            return False
         if kind in (IMAGE, END):
             what = f"frame {head.get('frame')}" if kind == IMAGE else "series end"
             raise ProtocolFault("out_of_sequence", f"{kind} ({what} of series "
@@ -339,7 +341,7 @@ class DectrisOrigin(ReceivedOrigin):
             self.fault(ProtocolFault("out_of_sequence", f"{HEADER} of series {series} before "
                                      f"the {END} of series {self.series_id}: series ended"))
             raise SeriesOver(f"not received: the detector began series {series} before "
-                             f"ending series {self.series_id}")
+                             f"ending series {self.series_id}", carry=parts)
         else:
             raise ProtocolFault("unknown_htype", f"unknown htype {kind!r} "
                                 f"({len(parts)} parts): ignored")

@@ -48,11 +48,53 @@ class ProtocolFault(ProtocolError):
 
 
 class SeriesOver(Exception):
-    """The series ended: the end message came, or the detector began another series."""
+    """The series ended: the end message came, or the detector began another series (whose
+    first message, `carry`, then begins the next run of a serving node)."""
 
-    def __init__(self, reason: str | None = None) -> None:
+    def __init__(self, reason: str | None = None, carry: list[Any] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason  # None: ended properly
+        self.carry = carry
+
+
+class DetectorConnection:
+    """A serving node's connection to a detector that pushes (DECTRIS v1 and v2), kept from one
+    series to the next: the detector may arm again the moment a series ends, and a socket made
+    per series would miss what it sends before the connection is back."""
+
+    def __init__(self, address: str) -> None:
+        self.address = split_options(address)[0]
+        self.sock = zmq.Context.instance().socket(zmq.PULL)
+        self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                                     | zmq.EVENT_DISCONNECTED)
+        self.up = False
+        self.carry: list[list[Any]] = []  # a next series' first message, read during the last
+        self.last_series: Any = None  # the series just written: its end message may come late
+        try:
+            self.sock.connect(self.address)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ConfigError(f"cannot connect to the detector at {self.address}: {exc}") from None
+
+    def connected(self) -> bool:
+        """Whether the ZeroMQ handshake with the detector's sender is done (and not lost)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            self.up = recv_monitor_message(self._monitor)["event"] == \
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+        return self.up
+
+    def waiting(self, timeout_ms: int) -> bool:
+        """True once a message (a series' header, normally) is there to read."""
+        return bool(self.carry) or bool(self.sock.poll(timeout_ms, zmq.POLLIN))
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self.sock.close(linger=0)
 
 
 def split_options(address: str) -> tuple[str, dict[str, str]]:
@@ -133,10 +175,16 @@ class ReceivedOrigin(Origin):
         self.highest = -1
         self.pending: list[list[Any]] = []  # messages read before START, emitted first
         self.ctx = zmq.Context.instance()
+        self.kept: DetectorConnection | None = options.connection
+        self._timeout_ms = -2  # the socket's RCVTIMEO as last set here (-1: wait for ever)
+        if self.kept is not None:  # a serving node's: the previous series may have left a carry
+            self.sock = self.kept.sock
+            self._backlog, self.kept.carry = self.kept.carry, []
+            return
+        self._backlog = []
         self.sock = self.ctx.socket(self.socket_type)
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self._timeout_ms = -1  # the socket's RCVTIMEO (-1: wait for ever)
         try:
             self._connect()
         except BaseException:
@@ -177,6 +225,8 @@ class ReceivedOrigin(Origin):
         """The next message, or None after `timeout_ms`: one blocking receive with a timeout
         (a try-then-poll costs a failed call and a poll for every message that is not yet
         there, CPU the detector's sender on the same host then lacks)."""
+        if self._backlog:
+            return self._backlog.pop(0)
         if timeout_ms != self._timeout_ms:
             self.sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
             self._timeout_ms = timeout_ms
@@ -336,6 +386,8 @@ class ReceivedOrigin(Origin):
                 self.handle(parts, out, ctl)
             except SeriesOver as over:
                 end = over
+                if over.carry is not None and self.kept is not None:
+                    self.kept.carry.append(over.carry)
             except ProtocolFault as fault:
                 self.fault(fault)
             except ProtocolError as exc:  # a foreign message: counted, never fatal
@@ -343,7 +395,14 @@ class ReceivedOrigin(Origin):
             if end is None and self.complete():
                 end = SeriesOver(None)
         out.end()
+        if self.kept is not None:
+            self.kept.last_series = self.series_id
         return self.emitted(end)
+
+    def ended_before(self, series: Any) -> bool:
+        """The end message of the series a kept connection just finished: that series ended
+        when its last frame came (its count was known), so the message is no fault."""
+        return self.kept is not None and series is not None and series == self.kept.last_series
 
     def emitted(self, end: SeriesOver | None) -> Emitted:
         if self.count is None:  # the last id seen, or the last one reported missing
@@ -361,4 +420,5 @@ class ReceivedOrigin(Origin):
                        per_frame={k: v for k, v in self.per_frame.items() if v})
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        if self.kept is None:  # a kept connection outlives the series
+            self.sock.close(linger=0)

@@ -262,6 +262,8 @@ class Stream2Origin(ReceivedOrigin):
     def _start(self, parts: list[zmq.Frame]) -> bool:
         body = decode(parts[0].buffer)
         kind = body["type"]
+        if kind == "end" and self.ended_before(body.get("series_id")):
+            return False
         if kind in ("image", "end"):
             what = f"image {body.get('image_id')}" if kind == "image" else "series end"
             raise ProtocolFault("out_of_sequence", f"{kind} message ({what}) before any start "
@@ -372,7 +374,7 @@ class Stream2Origin(ReceivedOrigin):
             self.fault(ProtocolFault("out_of_sequence", f"start of series {series} before the "
                                      f"end of series {self.series_id}: series ended"))
             raise SeriesOver(f"not received: the detector began series {series} before ending "
-                             f"series {self.series_id}")
+                             f"series {self.series_id}", carry=parts)
         else:
             raise ProtocolFault("unknown_htype", f"unknown message type {kind!r}: ignored")
 

@@ -24,6 +24,7 @@ from stream_node.links.transport import LinkLimits
 from stream_node.links.zmq_links import PullInput
 from stream_node.model.contract import FrameGeometry, RunContract
 from stream_node.model.errors import (
+    ConfigError,
     ExitCode,
     ProtocolError,
     RunAborted,
@@ -46,6 +47,11 @@ from stream_node.storage.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
+# How long one wait for frames may last before the control channel is looked at again: an END
+# or FINISH that came meanwhile waits at most this long (it was 50 ms, most of a serving
+# node's dead time between series).
+TAKE_MS = 10
+
 @dataclass
 class CollectorConfig:
     control: str
@@ -65,6 +71,20 @@ class CollectorConfig:
     tap: str | None = None  # endpoint to publish the newest written frames on (live view)
     tap_rate: float = 10.0  # frames/s the tap publishes at most
     topology: str = field(default_factory=default_topology)  # peers of another are refused
+    serving: bool = False  # run after run (`--serve`): wait for each START without a deadline
+
+
+def run_file(directory: Path, name: str) -> Path:
+    """The file a serving node named for a run: a relative name lies in this collector's
+    directory (that of its --file), an absolute one where it says; its folder is made."""
+    if not name.strip():
+        raise ConfigError("START names an empty file for the run")
+    path = directory / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot make the directory of {path}: {exc.strerror}") from None
+    return path
 
 
 class Collector:
@@ -79,6 +99,7 @@ class Collector:
         self.partial = 0  # frames written with some of their data missing (FLAG_PARTIAL)
         self.tap: Tap | None = None
         self._check_chunk: Callable[[Any], Any] | None = None  # see _open
+        self.path = config.path  # a serving node names each run's file in START (`_open`)
 
     def run(self) -> dict[str, Any]:
         """Collect one run; returns the summary also sent to the source in DONE."""
@@ -92,7 +113,7 @@ class Collector:
             self.tap = open_tap(self.ctx, cfg.tap, cfg.tap_rate)
             if fan_in is None:  # bound before START, so workers find it when told to start
                 inp = PullInput(self.ctx, [cfg.input], cfg.limits, bound=True)
-            start = link.wait_start(cfg.ready_timeout_s)
+            start = link.wait_start(None if cfg.serving else cfg.ready_timeout_s)
             try:
                 if fan_in is not None:  # before the file: a wrong ring leaves none behind
                     inp = self._fan_in(fan_in, RunContract.from_wire(start).workers)
@@ -101,8 +122,8 @@ class Collector:
                 link.send(MsgType.ABORT, {"reason": str(exc), "exit_code": int(exc.exit_code)})
                 raise
             assert inp is not None
-            link.send(MsgType.READY, {"path": str(cfg.path)})
-            log.info("collector: run %#x ready, writing %s; %s", link.run_id, cfg.path,
+            link.send(MsgType.READY, {"path": str(self.path)})
+            log.info("collector: run %#x ready, writing %s; %s", link.run_id, self.path,
                      inp.describe() if fan_in else cfg.limits.describe(self._frame_bytes))
             try:
                 self._collect(link, inp)
@@ -159,12 +180,14 @@ class Collector:
             "tap": self.tap.counters() if self.tap else None,
             "ring": None, "queue_depth": None,
             "memory_bound_bytes": self.cfg.limits.bound_bytes(self._frame_bytes) if w else None,
-            "file": str(self.cfg.path),
+            "file": str(self.path),
         }
 
     def _open(self, start: dict, run_id: int) -> None:
         self._run_id = run_id
         self.contract = run = RunContract.from_wire(start)
+        if run.file is not None:
+            self.path = run_file(self.cfg.path.parent, run.file)
         self._first = run.first_frame_id
         # Reliable mode: the source keeps each frame until told it is here (ACK).
         self._acks: list[int] | None = [] if run.dispatch.reliable else None
@@ -182,7 +205,7 @@ class Collector:
                     "configuration": {"drain_timeout_s": self.cfg.drain_timeout_s,
                                       "flush_interval_s": self.cfg.flush_interval_s,
                                       "frames_per_file": self.cfg.frames_per_file}}
-        self.writer = RunWriter(self.cfg.path, run.output.shape, run.output.dtype,
+        self.writer = RunWriter(self.path, run.output.shape, run.output.dtype,
                                 max(self._expected, 0), self._first, metadata,
                                 self.cfg.overwrite, run.compression, self.cfg.frames_per_file,
                                 run.detector, run.per_frame_columns, self.cfg.resume,
@@ -197,7 +220,7 @@ class Collector:
                 self.writer.flush(self._live_counters())
                 next_flush = time.monotonic() + self.cfg.flush_interval_s
             idle = drained_sent or inp.exhausted
-            batch = [] if idle else inp.take(50)
+            batch = [] if idle else inp.take(TAKE_MS)
             try:
                 if self._take_frames(batch, inp.copies):
                     last_progress = time.monotonic()
@@ -353,7 +376,7 @@ class Collector:
     def _counters(self, count: int) -> dict[str, Any]:
         assert self.writer is not None
         return {
-            "path": str(self.cfg.path),
+            "path": str(self.path),
             "run_id": self._run_id,
             "frames_expected": count,
             "frames_written": self.writer.frames_written,
@@ -421,7 +444,7 @@ class Collector:
             raise self._abandon(exc) from None
         finally:  # nothing left to close once abandoned
             self.writer.close()
-        log.info("collector: %s closed: %d frames written, %d missing", self.cfg.path,
+        log.info("collector: %s closed: %d frames written, %d missing", self.path,
                  self.writer.frames_written, len(self._missing_reasons))
         if early_reason is None:
             link.send(MsgType.DONE, self.summary)

@@ -30,7 +30,7 @@ from stream_node.model.frame import Encoding, MsgType
 from stream_node.model.instrument import Instrument
 from stream_node.ops.serve import serve_status
 from stream_node.origins import open_origin
-from stream_node.origins.base import Emitted, OriginOptions, Stall
+from stream_node.origins.base import Emitted, Origin, OriginOptions, Stall
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +122,24 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def origin_options(config: SourceConfig) -> OriginOptions:
+    return OriginOptions(frames=config.frames, shape=config.shape, dtype=config.dtype,
+                         seed=config.seed, rate=config.rate, recorded_rate=config.recorded_rate,
+                         timeout_s=config.origin_timeout_s)
+
+
 class Source:
-    def __init__(self, config: SourceConfig, ctx: zmq.Context | None = None) -> None:
+    """One run. A serving node (`stages.series`) hands each run its origin (the detector's
+    series, on a connection kept between series), its kept control hub and its file's name."""
+
+    def __init__(self, config: SourceConfig, ctx: zmq.Context | None = None,
+                 origin: Origin | None = None, hub: ControlHub | None = None,
+                 file: str | None = None) -> None:
         self.cfg = config
         self.ctx = ctx or zmq.Context.instance()
-        self.origin = open_origin(config.origin, OriginOptions(
-            frames=config.frames, shape=config.shape, dtype=config.dtype, seed=config.seed,
-            rate=config.rate, recorded_rate=config.recorded_rate,
-            timeout_s=config.origin_timeout_s))
+        self.origin = origin or open_origin(config.origin, origin_options(config))
+        self._kept_hub = hub
+        self.file = file
         # The detector's series id names the run (files and logs match the detector's), unless
         # the user gave one; else a random one, so two runs never take each other's frames.
         self.run_id = next(i for i in (config.run_id, self.origin.series_id,
@@ -141,6 +151,9 @@ class Source:
         self._hub: ControlHub | None = None
         self._credit: CreditOutput | None = None
         self._stop = False  # end the run after the frame being sent (first SIGINT/SIGTERM)
+        self._abort: str | None = None  # end it now, for this reason (a serving node's abort)
+        self.on_drain: Callable[[], None] | None = None  # told when every frame has been sent
+        self.on_ready: Callable[[], None] | None = None  # told when every stage said READY
         self._emitting = False
         self._collector_lost_at: float | None = None
         self._end_message: tuple[dict, int] | None = None  # END again for a restarted collector
@@ -150,6 +163,10 @@ class Source:
         False if the run has not started sending: there is nothing to drain, abort instead."""
         self._stop = True
         return self._emitting
+
+    def abort(self, reason: str) -> None:
+        """End the run at once (from another thread: it sets a flag the run loop checks)."""
+        self._abort = reason
 
     @property
     def stopping(self) -> bool:
@@ -179,7 +196,7 @@ class Source:
             per_frame_columns=tuple(origin.columns), detector=detector,
             instrument=self.instrument(), rate=c.rate,
             workers=c.workers, software_version=__version__, origin=metadata,
-            checksum=c.checksum)
+            checksum=c.checksum, file=self.file)
 
     def instrument(self) -> Instrument | None:
         """The run's geometry: what the detector's header said, with the geometry file's
@@ -254,8 +271,12 @@ class Source:
         if self.cfg.checksum:
             out = SealedOutput(out)
         try:
-            hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
-                             self.cfg.liveness, self.cfg.topology)
+            if self._kept_hub is not None:
+                hub = self._kept_hub
+                hub.begin(self.run_id, self.start_body())
+            else:
+                hub = ControlHub(self.ctx, self.cfg.control, self.run_id, self.start_body(),
+                                 self.cfg.liveness, self.cfg.topology)
         except BaseException:
             out.close()
             raise
@@ -269,9 +290,13 @@ class Source:
             log.info("source: run %#x, %s frames %s %s from %s; %s", self.run_id, count,
                      self.origin.shape, self.origin.dtype, self.cfg.origin, out.describe())
             self._wait_ready(hub)
+            if self.on_ready is not None:
+                self.on_ready()
             t0 = time.monotonic()
             self._emitting = True
             self.emitted = self.origin.emit(out, self.run_id, self)
+            if self.on_drain is not None:
+                self.on_drain()
             return self._end(hub, t0)
         except (StreamNodeError, KeyboardInterrupt) as exc:
             reason = str(exc) or type(exc).__name__
@@ -279,7 +304,10 @@ class Source:
             raise
         finally:
             out.close()
-            hub.close()
+            if hub is self._kept_hub:
+                hub.idle()
+            else:
+                hub.close()
 
     # -- start -------------------------------------------------------------------------------
 
@@ -343,6 +371,8 @@ class Source:
                 "collector writing (stream-node status shows which stage is stuck)?")
 
     def _handle(self, hub: ControlHub, msgs: list[Inbound]) -> None:
+        if self._abort is not None:
+            raise RunAborted(self._abort)
         if self._credit is not None:
             self._credit.workers_lost([p.identity for p in hub.lost("worker")])
         for msg in msgs:
@@ -417,6 +447,8 @@ class Source:
         assert collector is not None
         collector.final = None
         workers = [p for p in hub.peers_of("worker") if p.ready]
+        if hub is self._kept_hub:  # a worker's next HELLO is for the next run
+            hub.hold_new()
         hub.broadcast(MsgType.FINISH, role="worker")
         timeout = self.cfg.liveness.peer_timeout_s
         try:

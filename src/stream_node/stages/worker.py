@@ -40,6 +40,11 @@ from stream_node.stages.drops import WARN_LIMIT, DropLedger
 
 log = logging.getLogger(__name__)
 
+# How long one wait for frames may last before the control channel is looked at again: an END
+# or FINISH that came meanwhile waits at most this long (it was 50 ms, most of a serving
+# node's dead time between series).
+TAKE_MS = 10
+
 MIN_SLOT = 4096  # an output ring's slot holds at least a failure record (its reason text)
 
 
@@ -56,6 +61,7 @@ class WorkerConfig:
     status: str | None = None  # endpoint to answer status requests on (stream-node status)
     metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
     topology: str = field(default_factory=default_topology)  # peers of another are refused
+    serving: bool = False  # run after run (`--serve`): wait for each START without a deadline
 
 
 class Worker:
@@ -113,7 +119,8 @@ class Worker:
         try:
             if fan_in is None:
                 connect(push, cfg.output, "collector's input")
-            run = RunContract.from_wire(link.wait_start(cfg.ready_timeout_s))
+            run = RunContract.from_wire(link.wait_start(None if cfg.serving else
+                                                          cfg.ready_timeout_s))
             try:
                 if not any(ring_name(e) for e in cfg.inputs):
                     cfg.limits.check_fits(run.input.largest_payload, "a frame from the source")
@@ -179,7 +186,7 @@ class Worker:
                 link.sock.poll(100)
             else:
                 try:
-                    for parts in inp.take(50):
+                    for parts in inp.take(TAKE_MS):
                         self._forward(link, parts, push, inp.copies)
                 finally:
                     inp.release()

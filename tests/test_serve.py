@@ -1,0 +1,205 @@
+"""`stream-node serve`: real processes serving run after run, driven through the real HTTP API
+and `stream-node ctl`; every file is read back and its ledger checked."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from protocol_senders import _sender_fixture
+from stream_node import read_run
+
+pytestmark = pytest.mark.timeout(180)
+
+sender = pytest.fixture(_sender_fixture)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def topology(tmp_path: Path, origin: str, frames: int = 20, workers: int = 2) -> Path:
+    name = f"sv{os.getpid()}{tmp_path.name[-8:]}".replace("_", "")
+    path = tmp_path / "serve.toml"
+    path.write_text(f"""
+name = "{name}"
+[defaults]
+peer_timeout = 3
+ready_timeout = 20
+[nodes.local]
+host = "127.0.0.1"
+[nodes.local.source]
+from = "{origin}"
+control = "ipc://{tmp_path}/control"
+data = "ring://{name}"
+frames = {frames}
+shape = [64, 128]
+[nodes.local.workers]
+count = {workers}
+[nodes.local.collector]
+input = "ipc://{tmp_path}/frames"
+file = "{tmp_path}/data/run.h5"
+""")
+    return path
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+class Served:
+    """A `stream-node serve` process and its API; logs go to a file (a pipe would fill)."""
+
+    def __init__(self, topo: Path, tmp_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.log = tmp_path / "serve.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_node", "serve", str(topo), "--node", "local",
+             "--api", f"127.0.0.1:{self.port}", *extra],
+            stdin=subprocess.DEVNULL, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}/api/v1"
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/status", timeout=5) as reply:
+            return json.load(reply)
+
+    def until(self, check: Callable[[dict], bool], what: str, timeout_s: float = 60) -> dict:
+        """Ask the API until `check(status)` holds (each question waits for its answer)."""
+        deadline = time.monotonic() + timeout_s
+        last: dict = {}
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"serve exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                last = self.status()
+            except OSError:
+                last = {}
+            if last and check(last):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"not {what} within {timeout_s} s: {json.dumps(last)[:2000]}\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "stream_node", "ctl",
+                               f"127.0.0.1:{self.port}", *args], capture_output=True,
+                              text=True, timeout=30)
+
+    def stop(self) -> int:
+        kids = _children(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        finally:
+            for pid in kids + _children(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(topo: Path, *extra: str) -> Served:
+        served = Served(topo, tmp_path, *extra)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        if served.proc.poll() is None:
+            served.stop()
+
+
+def done_runs(status: dict) -> list[dict]:
+    return [r for r in status["runs"] if r["state"] in ("done", "failed", "aborted")]
+
+
+def check_file(path: Path, frames: int) -> int:
+    with read_run(path) as run:
+        assert list(run.frame_ids) == list(range(frames)), path
+        assert run.complete, path
+        return int(run.metadata["run_id"])
+
+
+def test_runs_started_through_the_api_each_get_their_own_complete_file(tmp_path, serve):
+    served = serve(topology(tmp_path, "synthetic:", frames=20))
+    served.until(lambda s: s["detail"].startswith("every stage ready"), "ready")
+    config = served.ctl("config", "frames=30", "file_template=scan_{run:03d}.h5")
+    assert config.returncode == 0, config.stderr
+    refused = served.ctl("stop")  # nothing runs: refused with a reason, never queued
+    assert refused.returncode != 0 and "refused" in (refused.stdout + refused.stderr)
+    ids = set()
+    for n in range(1, 4):
+        started = served.ctl("start")
+        assert started.returncode == 0, started.stderr
+        status = served.until(lambda s, n=n: len(done_runs(s)) == n, f"run {n} done")
+        record = status["runs"][0]
+        assert record["state"] == "done" and record["frames_written"] == 30, record
+        ids.add(check_file(tmp_path / "data" / f"scan_{n:03d}.h5", 30))
+    assert len(ids) == 3  # a run id of its own each: no frame of one can land in another
+    assert served.stop() == 0
+
+
+def test_each_detector_series_is_a_run_even_when_armed_10_ms_after_the_last(tmp_path, serve,
+                                                                              sender):
+    endpoint = sender("dectris", "--frames", "12", "--series-count", "5", "--gap-ms", "10",
+                      "--stay-s", "30")
+    served = serve(topology(tmp_path, f"dectris+{endpoint}"))
+    status = served.until(lambda s: len(done_runs(s)) == 5, "5 series written")
+    assert [r["series"] for r in reversed(status["runs"])] == ["7", "8", "9", "10", "11"]
+    for record in status["runs"]:
+        assert record["state"] == "done" and record["missing"] == 0, record
+        check_file(tmp_path / "data" / Path(record["file"]).name, 12)
+    # Still connected, nothing sent: armed, and the log says when it is safe to arm.
+    served.until(lambda s: s["state"] == "armed" and s["safe_to_arm"], "armed")
+    assert "safe to arm" in served.log.read_text()
+    assert served.stop() == 0
+
+
+def test_a_dead_worker_is_started_again_and_the_next_run_is_complete(tmp_path, serve):
+    served = serve(topology(tmp_path, "synthetic:", frames=20))
+    status = served.until(lambda s: s["detail"].startswith("every stage ready"), "ready")
+    worker = next(s for s in status["stages"] if s.get("role") == "worker")
+    os.kill(worker["pid"], signal.SIGKILL)
+    served.until(lambda s: any(st.get("restarts") for st in s["stages"])
+                 and s["detail"].startswith("every stage ready"), "the worker back")
+    assert served.ctl("start").returncode == 0
+    status = served.until(lambda s: len(done_runs(s)) == 1, "the run done")
+    check_file(tmp_path / "data" / Path(status["runs"][0]["file"]).name, 20)
+    assert "starting local/local-w" in served.log.read_text()
+    assert served.stop() == 0
+
+
+def test_sigterm_ends_the_current_run_cleanly_and_exits(tmp_path, serve):
+    served = serve(topology(tmp_path, "synthetic:", frames=100000))
+    served.until(lambda s: s["detail"].startswith("every stage ready"), "ready")
+    assert served.ctl("config", "rate_hz=200").returncode == 0
+    assert served.ctl("start").returncode == 0
+    served.until(lambda s: s["current"] and s["current"]["frames_written"] >= 20, "writing")
+    assert served.stop() == 0
+    files = list((tmp_path / "data").glob("*.h5"))
+    assert len(files) == 1
+    with read_run(files[0]) as run:
+        assert run.complete and 20 <= len(run.frame_ids) < 100000
+        assert list(run.frame_ids) == list(range(len(run.frame_ids)))
