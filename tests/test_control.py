@@ -81,7 +81,9 @@ def test_hello_is_answered_with_start_and_the_peer_is_known(ctx, closing, endpoi
     hub, link = started(ctx, closing, endpoint, role="collector", name="c0")
     [peer] = hub.peers.values()
     assert (peer.role, peer.name, peer.pid) == ("collector", "c0", os.getpid())
-    assert peer.identity == f"collector:c0:{os.getpid()}".encode()
+    # role:name:pid:n, one per link: a stage's next link never takes its last one's id
+    assert peer.identity == link.identity
+    assert peer.identity.startswith(f"collector:c0:{os.getpid()}:".encode())
     assert not peer.ready and not peer.finished and not peer.unreachable
     assert hub.peers_of("collector") == [peer] and hub.peers_of("worker") == []
     assert link.run_id == RUN  # START names the run: the link now speaks for it
@@ -291,3 +293,37 @@ def test_a_hub_whose_stage_is_busy_for_long_stays_alive_to_its_peers(ctx, closin
     while time.monotonic() < deadline:  # only the link's stage runs; the hub's is "busy"
         assert link.recv(20) is None
     assert hub.poll(0) == [] and hub.lost() == []
+
+
+def test_a_kept_hub_holds_each_hello_until_the_next_run_begins(ctx, closing, endpoint):
+    """A serving node's hub: stages come back between runs and wait; `begin` starts them all,
+    a stage back while a run ends waits for the next one, `idle` forgets the run's peers."""
+    hub = closing(ControlHub(ctx, endpoint, 0, None, FAST))
+    first = closing(ControlLink(ctx, endpoint, "worker", "w0", FAST))
+    until(lambda: hub.poll(50), lambda: hub.waiting("worker") == 1, "the held HELLO")
+    assert first.recv(100) is None  # no START while no run is going
+    hub.begin(RUN, START)
+    assert first.wait_start(5.0) == START and first.run_id == RUN
+    assert hub.waiting("worker") == 0 and hub.peers_of("worker")[0].name == "w0"
+    hub.hold_new()  # the run ends: a stage saying HELLO now is back for the next run
+    second = closing(ControlLink(ctx, endpoint, "worker", "w0", FAST))
+    until(lambda: hub.poll(50), lambda: hub.waiting("worker") == 1, "the next run's HELLO")
+    assert second.identity != first.identity  # one per link: the hub takes both
+    assert second.recv(100) is None
+    hub.idle()
+    assert [p.identity for p in hub.all_peers()] == [second.identity]
+    hub.begin(RUN + 1, {**START, "frames": 2})
+    assert second.wait_start(5.0)["frames"] == 2 and second.run_id == RUN + 1
+    assert first.recv(100) is None  # the ended run's link hears nothing of the next run
+
+
+def test_a_waiting_link_says_hello_again_when_the_hub_was_replaced(ctx, closing, endpoint):
+    """A serving stage waits for START without a deadline; if its source was restarted (a
+    new hub that never heard its HELLO), it says HELLO again and is started."""
+    hub = ControlHub(ctx, endpoint, 0, None, SHORT)
+    link = closing(ControlLink(ctx, endpoint, "worker", "w0", SHORT))
+    until(lambda: hub.poll(50), lambda: hub.waiting("worker") == 1, "the first HELLO")
+    hub.close()
+    new = closing(ControlHub(ctx, endpoint, RUN, START, SHORT))
+    assert link.wait_start(10.0) == START
+    assert [p.name for p in new.peers_of("worker")] == ["w0"]

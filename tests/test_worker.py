@@ -267,7 +267,8 @@ def test_in_reliable_mode_the_worker_grants_credit_under_its_control_identity(ri
     r = rig(start_body(dispatch=Dispatch("credit", 5)))
     r.open_data(reliable=True)
     r.ready()
-    identity = f"worker:w0:{os.getpid()}".encode()
+    [identity] = [p.identity for p in r.hub.all_peers() if p.role == "worker"]
+    assert identity.startswith(f"worker:w0:{os.getpid()}:".encode())
     r.until(lambda: r.out.credit.get(identity) == 5, "the worker's credit of 5")
     for i in range(3):
         r.send(frame_header(pixels(i), RUN, i), pixels(i))

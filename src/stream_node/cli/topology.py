@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream_node.cli.options import EPILOG, FORMAT
+from stream_node.cli.options import EPILOG, FORMAT, positive
 from stream_node.cli.roles import role_parsers
 from stream_node.model.errors import ConfigError, ExitCode
 
@@ -64,6 +64,10 @@ signals: the first SIGINT/SIGTERM ends the current run cleanly, then every stage
     srv.add_argument("--token-file", default=None, metavar="PATH",
                      help="commands and config changes need this token (chmod 600); default: "
                           "env STREAM_NODE_TOKEN, else none needed")
+    srv.add_argument("--series-wait", type=positive(float), default=30.0, metavar="S",
+                     help="a detector's series that waited longer than this for the last run "
+                          "to drain is refused (recorded, its frames dropped), never mixed "
+                          "(default 30)")
     overrides(srv)
     srv.set_defaults(handler=serve_node)
 
@@ -119,7 +123,12 @@ def serve_node(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="stream-node-serve-") as tmp:
         for command in topo.commands(node, topo.write_kernels(Path(tmp))):
             if command.role == "source":  # it runs in the serving process: its flags parsed
-                source = source_config(role_parsers()["source"].parse_args(command.args[1:]))
+                parsed = role_parsers()["source"].parse_args(command.args[1:])
+                source = source_config(parsed)
+                if parsed.keys is not None:  # as `main` does for a source started by hand
+                    from stream_node.links import security
+
+                    security.use(security.Keys.load(parsed.keys))
     api = None
     if args.api != "off":
         host, _, port = args.api.rpartition(":")
@@ -127,7 +136,7 @@ def serve_node(args: argparse.Namespace) -> int:
             raise ConfigError(f"--api {args.api!r}: expected HOST:PORT, e.g. 127.0.0.1:8470")
         api = (host.strip("[]"), int(port))
     return Service(topo, node, global_args(args), source, api, load_token(args.token_file),
-                   args.log_json).run()
+                   args.log_json, args.series_wait).run()
 
 
 def check(args: argparse.Namespace) -> int:

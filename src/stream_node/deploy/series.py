@@ -32,6 +32,44 @@ from stream_node.stages.source import Source, SourceConfig, origin_options
 log = logging.getLogger(__name__)
 
 WAIT_MS = 100  # how often an idle loop looks at its flags (SIGTERM, a start command)
+SERIES_WAIT_S = 30.0  # a series that waited longer than this for the last run's drain is refused
+
+
+class Refusal:
+    """Where a refused series goes: every frame is read off the detector's connection (so the
+    series after it is not held up) and dropped; the run's record says so."""
+
+    def __init__(self, loop: SeriesLoop) -> None:
+        self.loop = loop
+        self.dropped = 0
+
+    # FrameOutput
+    def put(self, header: Any, payload: Any, timeout_ms: int) -> bool:
+        self.dropped += 1
+        return True
+
+    def end(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "refused series: frames read and dropped"
+
+    # RunControl
+    def poll(self) -> None:
+        pass
+
+    def pace(self, due: float) -> None:
+        pass
+
+    def stalled(self, stall: Any) -> None:
+        pass
+
+    @property
+    def stopping(self) -> bool:
+        return self.loop._terminating
 
 
 class SeriesLoop:
@@ -39,8 +77,9 @@ class SeriesLoop:
     cleanly (as a first SIGTERM does) and then the loop."""
 
     def __init__(self, config: SourceConfig, core: ServiceCore,
-                 ctx: zmq.Context | None = None) -> None:
+                 ctx: zmq.Context | None = None, series_wait_s: float = SERIES_WAIT_S) -> None:
         self.cfg = config
+        self.series_wait_s = series_wait_s
         self.core = core
         self.ctx = ctx or zmq.Context.instance()
         self.detector = series_origin(config.origin)
@@ -99,6 +138,11 @@ class SeriesLoop:
                 if origin is None:
                     continue
                 self._run(hub, origin, series, settings)
+                waited = (time.monotonic() - self._last_end if self._last_end is not None
+                          else 0.0)
+                if connection is not None and waited > self.series_wait_s and \
+                        connection.waiting(0) and not self._terminating:
+                    self._refuse(connection, waited)
         finally:
             if connection is not None:
                 connection.close()
@@ -161,6 +205,28 @@ class SeriesLoop:
             log.error("serve: no series began: %s", exc)
             return None, None, {}
         return origin, str(origin.series_id), settings
+
+    def _refuse(self, connection: Any, waited: float) -> None:
+        """The last run drained for longer than `series_wait_s` while the next series waited:
+        that series is refused loudly, as a failed run, never mixed into another run."""
+        options = dataclasses.replace(origin_options(self.cfg), connection=connection)
+        try:
+            origin = open_origin(self.cfg.origin, options)
+        except StreamNodeError as exc:
+            log.error("serve: no series began: %s", exc)
+            return
+        why = (f"series {origin.series_id} refused: it waited {waited:.1f} s for the last run "
+               f"to drain (--series-wait {self.series_wait_s:g} s); its frames were dropped")
+        log.error("serve: %s", why)
+        self.core.begin_run(str(origin.series_id), "", 0, origin.count)
+        sink = Refusal(self)
+        try:
+            emitted = origin.emit(sink, 0, sink)
+        finally:
+            origin.close()
+        self.core.end_run(int(ExitCode.ABORTED), 0,
+                          max(emitted.last_id + 1 - origin.first_id, sink.dropped), why,
+                          then=NodeState.ARMED)
 
     def _drained(self) -> None:
         self._last_end = time.monotonic()

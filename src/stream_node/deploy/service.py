@@ -30,6 +30,7 @@ from stream_node.deploy.run_states import NodeState, ServiceCore
 from stream_node.deploy.series import SeriesLoop
 from stream_node.deploy.topology import Command, Topology
 from stream_node.model.errors import ExitCode
+from stream_node.ops.picture import NewestFrame
 from stream_node.ops.status_client import query_status
 from stream_node.stages.source import SourceConfig
 
@@ -43,10 +44,12 @@ STATUS_S = 0.5  # how long the API waits for a stage's status answer
 class Service(Launcher):
     def __init__(self, topo: Topology, node: str, global_args: list[str],
                  source: SourceConfig | None, api: tuple[str, int] | None,
-                 token: str | None, json_lines: bool = False) -> None:
+                 token: str | None, json_lines: bool = False,
+                 series_wait_s: float = 30.0) -> None:
         super().__init__(topo, node, global_args, json_lines)
         self.core = ServiceCore(self.node)
         self.source_config = source
+        self.series_wait_s = series_wait_s
         self.api_address = api
         self.token = token
         self.loop: SeriesLoop | None = None
@@ -54,6 +57,7 @@ class Service(Launcher):
         self.restarts: dict[str, int] = {}
         self._due: dict[str, tuple[float, Command]] = {}  # restarts waiting for their time
         self._started: dict[int, float] = {}  # pid -> when it started
+        self.tap: str | None = None  # this host's collector's tap
 
     def run(self) -> int:
         wake_r, wake_w = os.pipe()
@@ -61,6 +65,7 @@ class Service(Launcher):
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         api: ApiServer | None = None
+        newest: NewestFrame | None = None
         loop_thread: threading.Thread | None = None
         code = int(ExitCode.OK)
         try:
@@ -70,8 +75,12 @@ class Service(Launcher):
                 for command in commands:
                     self._spawn(command)
                 self.core.set_stages(self.stages)
+                if self.tap is not None:
+                    newest = NewestFrame(self.tap)
+                    self.core.set_frame(newest.png)
                 if self.source_config is not None:
-                    self.loop = SeriesLoop(self.source_config, self.core)
+                    self.loop = SeriesLoop(self.source_config, self.core,
+                                           series_wait_s=self.series_wait_s)
                     loop_thread = threading.Thread(target=self._serve_series, name="series",
                                                    daemon=True)
                     loop_thread.start()
@@ -85,6 +94,8 @@ class Service(Launcher):
         finally:
             if api is not None:
                 api.close()
+            if newest is not None:
+                newest.close()
             for child in self.children:
                 if child.proc.poll() is None:
                     child.signal(signal.SIGKILL)
@@ -112,10 +123,15 @@ class Service(Launcher):
             args = list(command.args)
             if command.role in ("worker", "collector"):
                 args.append("--serve")
+            own = f"ipc://{tmp}/{command.label.replace('/', '-')}"
             if "--status" not in args and command.role != "view":
-                args += ["--status", f"ipc://{tmp}/{command.label.replace('/', '-')}.status"]
+                args += ["--status", f"{own}.status"]
             if "--status" in args:
                 self.status_endpoints[command.label] = args[args.index("--status") + 1]
+            if command.role == "collector":  # the page's picture of the newest frame
+                if "--tap" not in args:
+                    args += ["--tap", f"{own}.tap", "--tap-rate", "2"]
+                self.tap = args[args.index("--tap") + 1]
             out.append(Command(command.label, command.role, args, command.output,
                                command.auxiliary))
         return out

@@ -356,15 +356,14 @@ class ControlLink:
     def wait_start(self, timeout_s: float | None) -> dict:
         """Block until the hub sends START; PeerTimeout naming the hub if it never does.
 
-        None waits for ever, as a serving stage does between runs: HELLO is then said again
-        whenever the hub stays silent (a kept hub beats every waiting peer), so a source that
-        was restarted meanwhile learns of this stage too."""
+        None waits for ever, as a serving stage does between runs. HELLO is said again whenever
+        the hub stays silent (a kept hub beats every waiting peer), so a source that was
+        restarted meanwhile learns of this stage too."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         said = time.monotonic()
         while True:
             left_ms = 200 if deadline is None else int((deadline - time.monotonic()) * 1000)
-            if deadline is None and time.monotonic() - max(said, self._last_heard) > \
-                    self.liveness.silent_after_s:
+            if time.monotonic() - max(said, self._last_heard) > self.liveness.silent_after_s:
                 said = time.monotonic()
                 self.send(MsgType.HELLO, self._hello)
             if left_ms <= 0:

@@ -64,7 +64,7 @@ def as_image(frame: np.ndarray) -> np.ndarray:
     return frame.reshape(-1, frame.shape[-1])
 
 
-def _limits(image: np.ndarray) -> tuple[float, float]:
+def color_limits(image: np.ndarray) -> tuple[float, float]:
     """Colour limits that a few hot pixels cannot wash out."""
     finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
     if finite.size == 0:
@@ -100,7 +100,7 @@ def view(endpoint: str, png: Path | None = None, every_s: float = 2.0, count: in
                     fig.colorbar(picture, ax=ax)
             else:
                 picture.set_data(image)
-            picture.set_clim(*_limits(image))
+            picture.set_clim(*color_limits(image))
             ax.set_title(f"run {header.run_id:#x}   frame {header.frame_id}   "
                          f"{frames_per_s:,.0f} frames/s")
             drawn += 1
