@@ -153,7 +153,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def memory(tmp: Path, runs: int) -> list[tuple[str, int, int]]:
+def memory(tmp: Path, runs: int) -> tuple[list[int], list[tuple[str, list[int]]]]:
+    """RSS (KiB) of every process of a serving node after runs 1, runs/4, runs/2, 3runs/4 and
+    the last."""
     port = free_port()
     topo = topology(tmp, "synthetic:", "memory")
     proc = subprocess.Popen([sys.executable, "-m", "stream_node", "serve", str(topo), "--node",
@@ -165,40 +167,39 @@ def memory(tmp: Path, runs: int) -> list[tuple[str, int, int]]:
         with urllib.request.urlopen(f"{url}/status", timeout=10) as reply:
             return json.load(reply)
 
-    def ask(path: str) -> int:
-        req = urllib.request.Request(f"{url}{path}", method="POST")
+    def start() -> int:
+        req = urllib.request.Request(f"{url}/command/start", method="POST")
         try:
             with urllib.request.urlopen(req, timeout=10) as reply:
                 return reply.status
         except urllib.error.HTTPError as exc:
             return exc.code
-        except OSError:
+        except OSError:  # the API is not up yet
             return 0
 
-    first: dict[str, int] = {}
+    points = sorted({1, max(runs // 4, 1), max(runs // 2, 1), max(3 * runs // 4, 1), runs})
+    samples: dict[str, list[int]] = {}
     try:
         for n in range(1, runs + 1):
-            while ask("/command/start") != 200:  # refused (409) until the last run has ended
+            while start() != 200:  # refused (409) until the last run has ended
                 time.sleep(0.01)
             while True:
                 s = status()
                 if s["counters"]["runs"] >= n and s["current"] is None:
                     break
                 time.sleep(0.01)
-            if n == 1 or n == runs:
+            if n in points:
                 pids = {"serve (source + API)": proc.pid}
                 pids.update({st["label"]: st["pid"] for st in s["stages"] if st.get("pid")
                              and st.get("role") != "source"})
-                sample = {label: rss_kib(pid) for label, pid in pids.items()}
-                if n == 1:
-                    first = sample
-        failed = s["counters"]["failed_runs"]
-        print(f"memory: {runs} runs, {failed} failed, "
+                for label, pid in pids.items():
+                    samples.setdefault(label, []).append(rss_kib(pid))
+        print(f"memory: {runs} runs, {s['counters']['failed_runs']} failed, "
               f"{s['counters']['frames_written']} frames written", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    return [(label, first[label], sample[label]) for label in first]
+    return points, list(samples.items())
 
 
 def main() -> int:
@@ -220,11 +221,12 @@ def main() -> int:
                         "dead time ms (median)", "range ms"), "lrrrrr", rows))
         print(f"\nserve: {medians[0] / medians[1]:.0f}x less dead time than one-shot (both "
               "include the detector's 10 ms before it arms again)\n")
-        mem = memory(tmp, runs)
-        print(md_table(("process", "RSS after run 1 (MiB)", f"RSS after run {runs} (MiB)",
-                        "change"), "lrrr",
-                       [(label, f"{a / 1024:.1f}", f"{b / 1024:.1f}",
-                         f"{(b - a) / 1024:+.1f} MiB") for label, a, b in mem]))
+        points, mem = memory(tmp, runs)
+        print(md_table(("process", *(f"RSS after run {n} (MiB)" for n in points),
+                        "first to last"), "l" + "r" * (len(points) + 1),
+                       [(label, *(f"{v / 1024:.1f}" for v in values),
+                         f"{(values[-1] - values[0]) / 1024:+.1f} MiB")
+                        for label, values in mem]))
     return 0
 
 

@@ -213,6 +213,17 @@ def test_rate_meter_averages_over_its_window():
     assert meter.samples[0][0] >= 0.8  # old samples leave the window
 
 
+def test_rate_meter_starts_again_when_the_counters_do():
+    """A served stage's counters begin at 0 with each run: its rate is never negative."""
+    meter = RateMeter(window_s=1.0)
+    for i in range(5):
+        meter.sample(i * 0.2, 100 + i * 20, 0)
+    meter.sample(1.0, 0, 0)  # the next run
+    assert meter.rates()["frames_per_s"] == 0.0
+    meter.sample(1.2, 10, 0)
+    assert meter.rates()["frames_per_s"] == pytest.approx(50)
+
+
 def test_status_needs_an_endpoint():
     proc, _ = status_cli()
     assert proc.returncode == ExitCode.USAGE

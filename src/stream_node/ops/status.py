@@ -39,6 +39,8 @@ class RateMeter:
         self.samples: deque[tuple[float, int, int]] = deque()
 
     def sample(self, now: float, frames: int, nbytes: int) -> None:
+        if self.samples and frames < self.samples[-1][1]:  # a served stage's next run began
+            self.samples.clear()
         self.samples.append((now, frames, nbytes))
         while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
             self.samples.popleft()

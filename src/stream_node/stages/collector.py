@@ -126,6 +126,8 @@ class Collector:
             log.info("collector: run %#x ready, writing %s; %s", link.run_id, self.path,
                      inp.describe() if fan_in else cfg.limits.describe(self._frame_bytes))
             try:
+                assert self.writer is not None
+                self.writer.describe()  # the NXmx groups: after READY, as the first frames queue
                 self._collect(link, inp)
             except StorageError as exc:
                 # The file cannot take more: no more writes to it are tried (its ledger
@@ -209,7 +211,7 @@ class Collector:
                                 max(self._expected, 0), self._first, metadata,
                                 self.cfg.overwrite, run.compression, self.cfg.frames_per_file,
                                 run.detector, run.per_frame_columns, self.cfg.resume,
-                                run.instrument)
+                                run.instrument, describe_now=False)
 
     def _collect(self, link: ControlLink, inp: FrameInput) -> None:
         drained_sent = False
@@ -219,7 +221,10 @@ class Collector:
                 assert self.writer is not None
                 self.writer.flush(self._live_counters())
                 next_flush = time.monotonic() + self.cfg.flush_interval_s
-            idle = drained_sent or inp.exhausted
+            # Every frame a run of known length has is in: only END can come, so wait for it
+            # on the control channel (a wait for frames would hold it up by TAKE_MS).
+            all_in = self.end is None and self._expected >= 0 and self._outstanding() <= 0
+            idle = drained_sent or inp.exhausted or all_in
             batch = [] if idle else inp.take(TAKE_MS)
             try:
                 if self._take_frames(batch, inp.copies):

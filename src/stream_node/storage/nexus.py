@@ -66,12 +66,8 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def write_entry(f: h5py.File, metadata: dict[str, Any], frame_shape: tuple[int, ...],
-                dtype: np.dtype, detector: dict[str, Any], instrument: Instrument | None,
-                frames: int) -> h5py.Group:
-    """/entry as NXmx: the run's metadata as attributes, the beam, the detector (what the
-    detector's header said, then the instrument's geometry), the sample's goniometer with a
-    value per frame (`frames` of them, resized by `finish_axes` once the count is known)."""
+def write_entry(f: h5py.File, metadata: dict[str, Any]) -> h5py.Group:
+    """/entry with the run's metadata as attributes; `describe_entry` adds the rest of NXmx."""
     f.attrs["default"] = "entry"  # the NeXus @default chain: file -> entry -> data -> frames
     entry = f.create_group("entry")
     entry.attrs["NX_class"] = "NXentry"
@@ -83,6 +79,15 @@ def write_entry(f: h5py.File, metadata: dict[str, Any], frame_shape: tuple[int, 
     entry["definition"] = "NXmx"
     entry["start_time"] = now()
     entry.create_dataset("end_time", shape=(), dtype=h5py.string_dtype(length=32))
+    return entry
+
+
+def describe_entry(entry: h5py.Group, metadata: dict[str, Any], frame_shape: tuple[int, ...],
+                   dtype: np.dtype, detector: dict[str, Any], instrument: Instrument | None,
+                   frames: int) -> None:
+    """The rest of /entry as NXmx: the beam, the detector (what the detector's header said,
+    then the instrument's geometry), the sample's goniometer with a value per frame (`frames`
+    of them, resized by `finish_axes` once the count is known)."""
     inst = _group(entry, "instrument", "NXinstrument")
     det = _group(inst, "detector", "NXdetector")
     det["frame_shape"] = np.array(frame_shape, np.int64)
@@ -103,7 +108,6 @@ def write_entry(f: h5py.File, metadata: dict[str, Any], frame_shape: tuple[int, 
         _beam(inst, instrument)
         _detector(det, instrument, frame_shape)
         _goniometer(entry, instrument, frames)
-    return entry
 
 
 def _chain_layout(metadata: dict[str, Any]) -> OutputLayout | None:

@@ -59,7 +59,7 @@ from stream_node.storage.ledger import (
     write_ledger,
 )
 from stream_node.storage.lock import LEDGER_RESERVE, FileLock
-from stream_node.storage.nexus import finish_axes, now, write_entry
+from stream_node.storage.nexus import describe_entry, finish_axes, now, write_entry
 from stream_node.storage.reader import open_run
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class RunWriter:
         resume: bool = False,
         instrument: Instrument | None = None,
         libver: str | tuple[str, str] = LIBVER,
+        describe_now: bool = True,
     ) -> None:
         if compression not in (None, "none", "bslz4"):
             raise ConfigError(f"compression {compression!r}: use 'bslz4' or none")
@@ -146,6 +147,7 @@ class RunWriter:
         self.failure: str | None = None  # what the file refused, once it did
         self._flags_unsure = False  # a flush failed while writing the received flags
         self.run_id = (metadata or {}).get("run_id")
+        self._description: tuple[dict[str, Any], dict[str, Any], int] | None = None
         # Before anything opens, truncates or reopens the file: one writer per file.
         self._lock = FileLock(self.path)
         try:
@@ -157,8 +159,10 @@ class RunWriter:
                 self._file = self._create(self.path)
                 try:
                     self._forget_ledger()
-                    self._layout(size, metadata or {}, detector or {})
-                    self._file.swmr_mode = True
+                    self._layout(size, metadata or {})
+                    self._description = (metadata or {}, detector or {}, size)
+                    if describe_now:
+                        self.describe()
                 except BaseException:
                     self._file.close()
                     raise
@@ -307,9 +311,21 @@ class RunWriter:
             chunks=(1, *self.frame_shape), dtype=self.dtype, fillvalue=0,
             **(hdf5_filter() if self.compression else {}))
 
-    def _layout(self, size: int, metadata: dict[str, Any], detector: dict[str, Any]) -> None:
-        entry = write_entry(self._file, metadata, self.frame_shape, self.dtype, detector,
-                            self.instrument, size)
+    def describe(self) -> None:
+        """Write the NXmx description of the run (beam, detector, goniometer), then let SWMR
+        readers in. A serving collector says READY before this (the frame datasets exist, the
+        first frames wait in their queue meanwhile), so the description, a few hundred HDF5
+        objects for a DECTRIS header, is not in the dead time between two series."""
+        if self._description is None:
+            return
+        metadata, detector, size = self._description
+        self._description = None
+        describe_entry(self._file["entry"], metadata, self.frame_shape, self.dtype, detector,
+                       self.instrument, size)
+        self._file.swmr_mode = True
+
+    def _layout(self, size: int, metadata: dict[str, Any]) -> None:
+        entry = write_entry(self._file, metadata)
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
@@ -411,6 +427,8 @@ class RunWriter:
     def write(self, index: int, payload: Any, timestamp_ns: int, worker: int, flags: int = 0,
               parts: int = 0) -> bool:
         """Write one frame's bytes as its chunk; False (and counted) if that index is written."""
+        if self._description is not None:
+            self.describe()
         received = self._received
         if index >= len(received):
             if self.frames_per_file:
@@ -491,6 +509,8 @@ class RunWriter:
         index entry does: first the chunks' metadata, then the flags and counters. Only a flush
         that completes makes its frames durable (what `abandon` counts readable).
         """
+        if self._description is not None:
+            self.describe()
         lo, hi = self._dirty_lo, min(self._dirty_hi, len(self._flushed))
         chunks_durable = False
         try:
@@ -518,6 +538,8 @@ class RunWriter:
         `partial` the bitmap of lost parts of each partial frame. A sidecar ledger an earlier
         collector of this run left is folded in (its reasons, the first cause, win) and removed:
         the file's own ledger is now complete."""
+        if self._description is not None:
+            self.describe()
         earlier = self._earlier_ledger()
         if earlier:
             missing_reasons = {i: earlier.get(i + self.first_frame_id, reason)
