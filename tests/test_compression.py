@@ -13,7 +13,9 @@ import pytest
 
 from stream_node.kernels.compression import (
     CHUNK_HEADER,
+    chunk_bound,
     compress,
+    compress_into,
     decompress,
     hdf5_filter,
 )
@@ -89,6 +91,19 @@ def test_decompress_takes_any_buffer_holding_the_chunk():
     chunk = compress(original)
     for held in (chunk.tobytes(), bytearray(chunk.tobytes()), memoryview(chunk)):
         assert decompress(held, original.shape, original.dtype).tobytes() == original.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "float32"])
+def test_compress_into_a_slot_makes_the_same_chunk(dtype):
+    """A worker compresses into its output slot: the bytes are `compress`'s, a buffer of
+    `chunk_bound` bytes holds even noise that does not shrink, a smaller one is refused."""
+    rng = np.random.default_rng(3)
+    for frame in (np.zeros((64, 96), dtype), rng.integers(0, 2**15, (64, 96)).astype(dtype)):
+        slot = np.empty(chunk_bound(frame.shape, frame.dtype), np.uint8)
+        n = compress_into(frame, slot)
+        assert bytes(slot[:n]) == compress(frame).tobytes()
+    with pytest.raises(ValueError, match="chunk_bound"):
+        compress_into(frame, np.empty(frame.nbytes, np.uint8))
 
 
 def test_chunks_are_what_hdf5_reads_back_through_the_filter(tmp_path):

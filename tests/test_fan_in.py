@@ -99,6 +99,49 @@ def test_workers_write_into_rings_the_collector_writes_from(node, tmp_path, extr
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("extra", [(), ("--compress", "bslz4", "--checksum")],
+                         ids=["raw", "bslz4-checksum"])
+def test_kernel_output_and_chunks_are_made_in_the_output_slot(node, tmp_path, extra):
+    """The last kernel writes into the worker's output slot (or the chunk is compressed into
+    it): the file holds exactly what the numpy reference makes of each frame."""
+    from stream_node.kernels import build_chain
+
+    spec = [{"kernel": "bin2x2"}]
+    chain = tmp_path / "chain.json"
+    chain.write_text('[{"kernel": "bin2x2"}]')
+    source, collector, workers, path = roles(node, tmp_path, 2, 300, "--kernels", str(chain),
+                                             *extra)
+    code, _out, err = finish(source)
+    assert code == ExitCode.OK, err[-3000:] + finish(collector)[2][-3000:]
+    assert finish(collector)[0] == ExitCode.OK
+    for w in workers:
+        assert finish(w)[0] == ExitCode.OK
+    reference = build_chain(spec, SHAPE, "uint16", backend="reference")
+    det = SyntheticDetector(SHAPE, "uint16")
+    with read_run(path) as run:
+        assert run.complete
+        for i in range(0, 300, 23):
+            assert np.array_equal(run.frames[i], reference.apply(det.frame(i))), i
+
+
+@pytest.mark.timeout(90)
+def test_a_frame_a_kernel_fails_on_takes_its_slot_as_a_failure_record(node, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the workers import it
+    chain = tmp_path / "chain.json"
+    chain.write_text('[{"kernel": "python:test_kernel_pipeline.fail_on_frame", '
+                     '"frame_id": 7}]')
+    source, collector, workers, path = roles(node, tmp_path, 1, 30, "--kernels", str(chain))
+    code, _out, err = finish(source)
+    assert code == ExitCode.FRAMES_MISSING, err[-3000:]
+    for proc in (collector, *workers):
+        finish(proc)
+    with read_run(path) as run:
+        assert list(run.missing) == [7] and "cannot handle this frame" in run.missing[7]
+        assert run.received.sum() == 29
+
+
+@pytest.mark.timeout(90)
 def test_without_workers_the_collector_reads_the_source_ring(node, tmp_path):
     source, collector, _, path = roles(node, tmp_path, 0, 800)
     code, _out, err = finish(source)

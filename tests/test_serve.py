@@ -364,3 +364,22 @@ file = "{tmp_path}/data/run.h5"
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise
+
+
+def test_a_viewer_follows_run_after_run_without_being_restarted(tmp_path, serve):
+    topo = topology(tmp_path, "synthetic:", frames=20)
+    png = tmp_path / "latest.png"
+    text = topo.read_text().replace("[nodes.local.collector]", "[nodes.local.collector]\n"
+                                    f'tap = "ipc://{tmp_path}/tap"')
+    topo.write_text(text + f'[nodes.local.view]\npng = "{png}"\nevery = 0.2\n')
+    served = serve(topo)
+    served.until(lambda s: s["detail"].startswith("every stage ready"), "ready")
+    assert served.ctl("config", "rate_hz=50").returncode == 0
+    for n in (1, 2):
+        assert served.ctl("start").returncode == 0
+        served.until(lambda s, n=n: len(done_runs(s)) == n, f"run {n} done")
+    served.until(lambda s: png.exists(), "the viewer's picture")
+    log = served.log.read_text()
+    assert "view --follow" in log or "--follow" in log
+    assert "starting local/view again" not in log
+    assert served.stop() == 0

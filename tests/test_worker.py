@@ -317,3 +317,26 @@ def test_a_worker_before_its_run_says_it_is_waiting(rig):
         "worker", "w0", "waiting", 0)
     assert r.worker.report() == {"name": "w0", "frames": 0, "bytes": 0, "stalls": 0,
                                  "failed": 0, "dropped": {}}
+
+
+def test_a_serving_worker_keeps_its_chain_until_a_map_changes(tmp_path):
+    """Run after run, the same chain (compiled, maps loaded) with its counters at 0; a map file
+    written again (a new pedestal) builds anew; a chain with state of its own is never kept."""
+    from stream_node.stages.worker import kept_chain
+
+    shape = (32, 64)
+    np.save(tmp_path / "pedestal.npy", np.zeros((3, *shape), np.float32))
+    np.save(tmp_path / "gain.npy", np.ones((3, *shape), np.float32))
+    spec = [{"kernel": "gain_correction", "pedestal": str(tmp_path / "pedestal.npy"),
+             "gain": str(tmp_path / "gain.npy")}]
+    first = kept_chain(spec, shape, np.dtype(np.uint16))
+    first.apply(np.zeros(shape, np.uint16))
+    assert first.counters["gain_correction"]["frames"] == 1
+    again = kept_chain(spec, shape, np.dtype(np.uint16))
+    assert again is first and again.counters["gain_correction"]["frames"] == 0
+    np.save(tmp_path / "pedestal.npy", np.full((3, *shape), 2.0, np.float32))
+    os.utime(tmp_path / "pedestal.npy", ns=(1, 1))  # another time, whatever the clock's grain
+    assert kept_chain(spec, shape, np.dtype(np.uint16)) is not first
+    dark = [{"kernel": "pedestal_update"}]
+    assert kept_chain(dark, shape, np.dtype(np.uint16)) is not \
+        kept_chain(dark, shape, np.dtype(np.uint16))

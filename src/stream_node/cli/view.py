@@ -21,6 +21,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                      help="stop after N images")
     vie.add_argument("--timeout", type=positive(float), default=None, metavar="S",
                      help="give up when no frame came for this long (default: wait)")
+    vie.add_argument("--follow", action="store_true",
+                     help="go on with the next run instead of ending with this one (`serve` "
+                          "starts its viewers so)")
     vie.set_defaults(handler=run)
     return vie
 
@@ -29,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
     from stream_node.ops.view import view
 
     view(args.endpoint, png=args.png, every_s=args.every, count=args.count,
-         timeout_s=args.timeout)
+         timeout_s=args.timeout, follow=args.follow)
     return ExitCode.OK

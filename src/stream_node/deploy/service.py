@@ -123,6 +123,8 @@ class Service(Launcher):
             args = list(command.args)
             if command.role in ("worker", "collector"):
                 args.append("--serve")
+            elif command.role == "view":
+                args.append("--follow")  # a viewer of one run would end (and restart) each run
             own = f"ipc://{tmp}/{command.label.replace('/', '-')}"
             if "--status" not in args and command.role != "view":
                 args += ["--status", f"{own}.status"]

@@ -79,8 +79,10 @@ class Chain:
                 return s
         raise KeyError(f"no stage {label!r} (stages: {', '.join(s.label for s in self.stages)})")
 
-    def apply(self, frame: np.ndarray, frame_id: int | None = None) -> np.ndarray:
-        """Run every kernel on `frame` (not modified); returns the last stage's output buffer.
+    def apply(self, frame: np.ndarray, frame_id: int | None = None,
+              into: np.ndarray | None = None) -> np.ndarray:
+        """Run every kernel on `frame` (not modified); returns the last stage's output buffer,
+        or `into` when given (a worker's output ring slot: the last kernel writes there).
 
         Any exception inside a kernel (built-in or user) is counted on its stage and raised as a
         `KernelError` naming the stage and `frame_id`, so the worker records the frame and goes on.
@@ -92,12 +94,16 @@ class Chain:
         if not (frame.flags.c_contiguous and frame.flags.aligned):
             np.copyto(self._staging, frame)
             frame = self._staging
+        last = self.stages[-1]
         for stage in self.stages:
             try:
-                frame = stage(frame)
+                frame = stage(frame, into if stage is last else None)
             except Exception as exc:
                 stage.counters["errors"] += 1
                 raise KernelError(stage.label, f"{type(exc).__name__}: {exc}", frame_id) from exc
+        if into is not None and frame is not into:  # the last stage worked in place
+            np.copyto(into, frame)
+            return into
         return frame
 
 

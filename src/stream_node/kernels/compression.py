@@ -58,6 +58,29 @@ def compress(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def chunk_bound(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The most bytes `compress_into` may write for such a frame (bitshuffle's own bound)."""
+    dt = np.dtype(dtype)
+    n = frame_nbytes(shape, dt) // dt.itemsize
+    return CHUNK_HEADER.size + int(_bound_lz4(n, dt.itemsize, _block_elems(dt.itemsize)))
+
+
+def compress_into(array: np.ndarray, out: np.ndarray) -> int:
+    """`compress`, written into `out` (uint8, C-contiguous, `chunk_bound` bytes at least: a
+    worker's output ring slot), so a frame costs no new buffer; returns the chunk's bytes."""
+    array = np.ascontiguousarray(array)
+    block = _block_elems(array.itemsize)
+    if out.nbytes < CHUNK_HEADER.size + _bound_lz4(array.size, array.itemsize, block):
+        raise ValueError(f"{out.nbytes} bytes cannot hold the chunk of a {array.nbytes}-byte "
+                         "frame in the worst case (chunk_bound)")
+    CHUNK_HEADER.pack_into(out, 0, array.nbytes, block * array.itemsize)
+    used = _compress_lz4(array.ctypes.data, out.ctypes.data + CHUNK_HEADER.size, array.size,
+                         array.itemsize, block)
+    if used < 0:
+        raise ProtocolError(f"bitshuffle/LZ4 compression failed (code {used})")
+    return CHUNK_HEADER.size + int(used)
+
+
 def _codec() -> ctypes._CFuncPtr:
     """bitshuffle's C decompressor, called through ctypes (which releases the GIL), so a frame
     is decoded straight into a buffer made once rather than into a new array each time."""
@@ -69,6 +92,21 @@ def _codec() -> ctypes._CFuncPtr:
 
 
 _decompress_lz4 = _codec()
+
+
+def _compressor() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
+    """bitshuffle's C compressor and its bound, through ctypes (the GIL released)."""
+    lib = ctypes.CDLL(bitshuffle.ext.__file__)
+    fn, bound = lib.bshuf_compress_lz4, lib.bshuf_compress_lz4_bound
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                   ctypes.c_size_t]
+    fn.restype = ctypes.c_int64
+    bound.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
+    bound.restype = ctypes.c_size_t
+    return fn, bound
+
+
+_compress_lz4, _bound_lz4 = _compressor()
 
 
 def decompress(chunk: object, shape: tuple[int, ...], dtype: np.dtype,

@@ -82,8 +82,10 @@ class Stage:
     def output_for(self, frame: np.ndarray) -> np.ndarray:
         return frame if self.inplace else self.out  # type: ignore[return-value]
 
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        out = self.output_for(frame)
+    def __call__(self, frame: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
+        """Run the kernel; `into` (of the output's shape and dtype, C-contiguous) replaces the
+        stage's own buffer, unless it works in place (then its input is the output)."""
+        out = into if into is not None and not self.inplace else self.output_for(frame)
         count = self.fn(frame, out, *self.args, **self.kwargs)
         self.counters["frames"] += 1
         if count is not None and self.count_name:
@@ -143,7 +145,7 @@ class PedestalStage(Stage):
     def allocate(self, input_is_owned: bool) -> None:
         self.out = None  # the output is the input: pass-through, nothing written
 
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
+    def __call__(self, frame: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
         count = self.fn(frame, self.pedestal, self.counts, self.window)
         self.counters["frames"] += 1
         self.counters["invalid_gain"] += int(count)

@@ -35,6 +35,14 @@ class RingOutput:
             return None
         return self.ring.payload(self.slot, shape, dtype)
 
+    def reserve_bytes(self, timeout_ms: int) -> np.ndarray | None:
+        """A free slot as raw bytes (for what is not pixels: a compressed chunk), or None."""
+        try:
+            self.slot = self.ring.claim(timeout=timeout_ms / 1000)
+        except RingTimeout:
+            return None
+        return self.ring.payload(self.slot)
+
     def commit(self, header: FrameHeader, buffer: np.ndarray) -> bool:
         self.ring.publish(self.slot, header)
         return True

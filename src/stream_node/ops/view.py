@@ -74,9 +74,9 @@ def color_limits(image: np.ndarray) -> tuple[float, float]:
 
 
 def view(endpoint: str, png: Path | None = None, every_s: float = 2.0, count: int | None = None,
-         timeout_s: float | None = None) -> int:
-    """Show frames until the run ends, the window closes or `count` images were drawn;
-    returns how many."""
+         timeout_s: float | None = None, follow: bool = False) -> int:
+    """Show frames until the run ends (with `follow`, run after run, as a served node's
+    viewer does), the window closes or `count` images were drawn; returns how many."""
     plt = _pyplot(headless=png is not None)
     fig, ax = plt.subplots(figsize=(8, 5))
     picture = None
@@ -87,7 +87,7 @@ def view(endpoint: str, png: Path | None = None, every_s: float = 2.0, count: in
         plt.ion()
         plt.show()
     try:
-        for header, frame in subscribe(endpoint, timeout_s=timeout_s, until_end=True):
+        for header, frame in subscribe(endpoint, timeout_s=timeout_s, until_end=not follow):
             frames_per_s = rate.add(header)
             now = time.monotonic()
             if png is not None and now < next_draw:

@@ -6,7 +6,10 @@ received message buffer itself (zero-copy), only the 96-byte header is rewritten
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +65,47 @@ class WorkerConfig:
     metrics_port: int | None = None  # serve Prometheus metrics on this HTTP port
     topology: str = field(default_factory=default_topology)  # peers of another are refused
     serving: bool = False  # run after run (`--serve`): wait for each START without a deadline
+
+
+_KEPT: tuple[str, Any] | None = None  # the last chain built here, and what it was built from
+
+
+def _files(value: Any) -> list[tuple[str, int, int]]:
+    """Every existing file a kernel spec names, with its modification time and size."""
+    if isinstance(value, str):
+        try:
+            st = os.stat(value)
+        except (OSError, ValueError):
+            return []
+        return [(value, st.st_mtime_ns, st.st_size)] if stat.S_ISREG(st.st_mode) else []
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _files(v)]
+    if isinstance(value, (list, tuple)):
+        return [f for v in value for f in _files(v)]
+    return []
+
+
+def kept_chain(kernels: Sequence[Any], shape: tuple[int, ...], dtype: np.dtype) -> Any:
+    """The run's kernel chain: the last one built in this process when the run asks for the
+    same (a serving worker's next run: kernels compiled, maps loaded, buffers allocated, its
+    counters back at 0), else a new one. A map file changed on disk since (a new pedestal)
+    builds anew; a chain with state of its own (pedestal tracking) is never kept."""
+    from stream_node.kernels import build_chain
+    from stream_node.kernels.stage import PedestalStage
+
+    global _KEPT
+    key = json.dumps([list(kernels), list(shape), str(dtype), _files(list(kernels))],
+                     sort_keys=True, default=str)
+    if _KEPT is not None and _KEPT[0] == key:
+        chain = _KEPT[1]
+        for stage in chain.stages:
+            stage.counters = dict.fromkeys(stage.counters, 0)
+        return chain
+    _KEPT = None  # the old chain's buffers go before the new one's are made
+    chain = build_chain(kernels, shape, dtype)
+    if not any(isinstance(s, PedestalStage) for s in chain.stages):
+        _KEPT = (key, chain)
+    return chain
 
 
 class Worker:
@@ -173,10 +217,13 @@ class Worker:
                               f"ring:// fan-in must be 0..{run.workers - 1} (the collector "
                               f"reads rings {fan_in_ring(name, 0)}..; the run has "
                               f"{run.workers} workers)")
-        out = RingOutput(fan_in_ring(name, self.cfg.index), self.cfg.limits.sndhwm,
-                         max(FrameGeometry(run.output.shape, run.output.dtype,
-                                       run.encoding).largest_payload, MIN_SLOT), group="collector",
-                         latest_readers=0)
+        slot = max(FrameGeometry(run.output.shape, run.output.dtype, run.encoding).largest_payload,
+                   MIN_SLOT)
+        if run.compression == "bslz4" and (run.kernels or run.input.encoding == Encoding.RAW):
+            # chunks are compressed into the slot: it holds bitshuffle's worst case
+            slot = max(slot, compression.chunk_bound(run.output.shape, run.output.dtype))
+        out = RingOutput(fan_in_ring(name, self.cfg.index), self.cfg.limits.sndhwm, slot,
+                         group="collector", latest_readers=0)
         log.info("worker %s: output %s", self.cfg.name, out.describe())
         return out
 
@@ -210,10 +257,8 @@ class Worker:
         allocated, so the first frame costs what the others do."""
         if not run.kernels:
             return
-        from stream_node.kernels import build_chain
-
         source = run.input
-        self.chain = build_chain(run.kernels, source.shape, source.dtype)
+        self.chain = kept_chain(run.kernels, source.shape, source.dtype)
         if source.encoding == Encoding.BSLZ4:  # frames arrive compressed: kernels need pixels
             self.unpacked = np.empty(source.shape, source.dtype)
         log.info("worker %s: kernels %s ready", self.cfg.name,
@@ -245,15 +290,13 @@ class Worker:
             except ProtocolError as exc:
                 self._failed(link, push, header, f"frame {header.frame_id} as it came: {exc}")
                 return
+        makes = self.chain is not None or (self.compress and header.encoding == Encoding.RAW)
+        if self._ring is not None and makes:
+            self._make_in_slot(link, header, payload)
+            return
         if self.chain is not None:
             try:
-                if header.encoding == Encoding.BSLZ4 and self.unpacked is not None:
-                    # Into the buffer made at START; bitshuffle's codec runs without the GIL.
-                    pixels = compression.decompress(payload, self.unpacked.shape,
-                                                    self.unpacked.dtype, out=self.unpacked)
-                else:
-                    pixels = payload_view(header, payload)
-                out = self.chain.apply(pixels, frame_id=header.frame_id)
+                out = self.chain.apply(self._pixels(header, payload), frame_id=header.frame_id)
             except StreamNodeError as exc:  # a kernel failed (or the frame is not raw)
                 self._failed(link, push, header, str(exc))  # names the kernel and the frame
                 return
@@ -273,6 +316,58 @@ class Worker:
         self._send(link, push, header, payload, copy)
         self.frames += 1
         self.bytes += header.payload_bytes
+
+    def _pixels(self, header: FrameHeader, payload: Any) -> np.ndarray:
+        """The frame's pixels for the chain: decoded into the buffer made at START when it came
+        compressed (bitshuffle's codec runs without the GIL), else a view of the payload."""
+        if header.encoding == Encoding.BSLZ4 and self.unpacked is not None:
+            return compression.decompress(payload, self.unpacked.shape, self.unpacked.dtype,
+                                          out=self.unpacked)
+        return payload_view(header, payload)
+
+    def _make_in_slot(self, link: ControlLink, header: FrameHeader, payload: Any) -> None:
+        """A shared-memory fan-in: what this worker makes goes straight into its output slot,
+        the last kernel's output or the compressed chunk, so a frame costs no new buffer and
+        no copy. A frame that cannot be made takes the slot as its failure record."""
+        assert self._ring is not None
+        slot = self._claim(link)
+        try:
+            out = self._pixels(header, payload)
+            if self.chain is not None:
+                into = None if self.compress else \
+                    slot[:self.out_dtype.itemsize * int(np.prod(self.out_shape))].view(
+                        self.out_dtype).reshape(self.out_shape)
+                out = self.chain.apply(out, frame_id=header.frame_id, into=into)
+            made = frame_header(out, header.run_id, header.frame_id, header.timestamp_ns,
+                                self.cfg.index, header.flags, header.parts)
+            if self.compress:
+                made = reencoded(made, Encoding.BSLZ4, compression.compress_into(out, slot),
+                                 self.cfg.index)
+        except StreamNodeError as exc:  # a kernel failed (or the frame is not raw)
+            self.failed += 1
+            if self.failed <= WARN_LIMIT:
+                log.warning("worker %s: %s", self.cfg.name, exc)
+            packed, body = failure_record(header, self.out_shape, self.out_dtype, str(exc),
+                                          self.cfg.index)
+            slot[:len(body)] = np.frombuffer(body, np.uint8)
+            self._ring.commit(FrameHeader.parse(packed), slot)
+            return
+        if self.checksum:
+            made.seal(payload_crc(slot[:made.payload_bytes]))
+        self._ring.commit(made, slot)
+        self.frames += 1
+        self.bytes += made.payload_bytes
+
+    def _claim(self, link: ControlLink) -> np.ndarray:
+        """A free output slot (all its bytes), waiting for the collector while still hearing
+        the source (backpressure)."""
+        assert self._ring is not None
+        while (slot := self._ring.reserve_bytes(100)) is None:
+            self.stalls += 1
+            link.tick()
+            if link.sock.poll(0) and self._command(link, link.recv_ready()):
+                raise RunAborted("run finished while a frame waited for the collector")
+        return slot
 
     def _failed(self, link: ControlLink, push: zmq.Socket, header: FrameHeader,
                 reason: str) -> None:
