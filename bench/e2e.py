@@ -102,6 +102,7 @@ class RunResult:
     verified: bool = False
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    gain: bool = False  # the frames were gain-corrected: float32 keV, checked against numpy
 
     @property
     def ok(self) -> bool:
@@ -125,7 +126,7 @@ class RunResult:
 def run_stream_node(
     output: Path, frames: int, shape: tuple[int, int], dtype: str, workers: int,
     fanin: str = "ring", direct: bool = False, compression: str = "none",
-    name: str = "stream-node",
+    name: str = "stream-node", gain: bool = False,
 ) -> RunResult:
     """Run stream-node's local demo pipeline: the one place that knows its API, easy to adapt.
 
@@ -134,7 +135,7 @@ def run_stream_node(
     closed) and optionally ``copies_per_frame``.
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    result = RunResult(name, workers, frames, nbytes)  # direct: in the loop of `workers`
+    result = RunResult(name, workers, frames, nbytes, gain=gain)  # direct: `workers` loop
     try:
         from stream_node.deploy.demo import run_local_pipeline  # may not exist yet
     except ImportError as exc:
@@ -143,6 +144,7 @@ def run_stream_node(
     summary = run_local_pipeline(
         output=output, frames=frames, shape=shape, dtype=dtype,
         workers=0 if direct else workers, overwrite=True, fanin=fanin, compression=compression,
+        kernels=[gain_spec(output.parent.parent, shape)] if gain else None,
     )
     result.frames_written = int(summary.frames_written)
     result.missing = int(summary.missing)
@@ -160,24 +162,63 @@ def run_stream_node(
 def run_limit(
     output: Path, frames: int, shape: tuple[int, int], dtype: str, workers: int
 ) -> RunResult:
-    """The one copy no pipeline avoids: the same frames, generated beforehand in this process,
-    written with h5py's ``write_direct_chunk`` into a fresh file chunked one frame per chunk
-    (as stream-node's), timed from the first write to the file closed."""
+    """The one copy no pipeline avoids: the same frames written with h5py's
+    ``write_direct_chunk`` into a fresh file chunked one frame per chunk (as stream-node's).
+    Only HDF5's calls are timed (opening, every write, closing); each frame is made just
+    before its write, untimed. Made all beforehand, 200 frames of 8 MiB held 1.6 GB of fresh
+    memory, and on this VM the page cache then took the writes 5-10x slower than with the
+    little memory a pipeline holds: the row measured the allocation, not the write."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     result = RunResult("limit: write_direct_chunk", workers, frames, nbytes)
     detector = SyntheticDetector(shape, dtype, seed=0)
-    data = [detector.frame(i) for i in range(frames)]
     t0 = time.perf_counter()
     with h5py.File(output, "w", libver=("v110", "v110")) as f:
         dset = f.create_dataset("data", (frames, *shape), dtype, chunks=(1, *shape))
-        for i, frame in enumerate(data):
+        made = 0.0
+        for i in range(frames):
+            t = time.perf_counter()
+            frame = detector.frame(i)
+            made += time.perf_counter() - t
             # A memoryview, as the collector passes: h5py is several times slower given the
             # ndarray itself (8 MiB frames here).
             dset.id.write_direct_chunk((i, 0, 0), memoryview(frame))
-    result.seconds = time.perf_counter() - t0
+    result.seconds = time.perf_counter() - t0 - made
     result.frames_written = frames
     result.copies_per_frame = "0 + 1 kernel"
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# JUNGFRAU gain correction: the same maps for both pipelines
+# --------------------------------------------------------------------------------------------
+
+
+def gain_maps(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pedestal and gain maps (3, ny, nx) float32 for the three gain stages, fixed seed."""
+    rng = np.random.default_rng(7)
+    pedestal = rng.uniform(900, 1100, (3, *shape)).astype(np.float32)
+    gain = np.stack([rng.uniform(35, 45, shape), rng.uniform(-1.6, -1.4, shape),
+                     rng.uniform(-0.12, -0.1, shape)]).astype(np.float32)
+    return pedestal, gain
+
+
+def gain_spec(tmp: Path, shape: tuple[int, int]) -> dict[str, Any]:
+    """The stream-node kernel spec, its maps saved once under `tmp` as .npy files."""
+    ped, gain = tmp / f"pedestal-{shape[0]}x{shape[1]}.npy", tmp / f"gain-{shape[0]}x{shape[1]}.npy"
+    if not ped.exists():
+        pedestal, gains = gain_maps(shape)
+        np.save(ped, pedestal)
+        np.save(gain, gains)
+    return {"kernel": "gain_correction", "pedestal": str(ped), "gain": str(gain)}
+
+
+def corrected(frame: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """What both pipelines must write for a frame: the numpy reference's keV."""
+    from stream_node.kernels.reference import gain_correction
+
+    out = np.empty(frame.shape, np.float32)
+    gain_correction(frame, out, maps[0], maps[1], None, float("nan"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,17 +265,26 @@ def _naive_collector(
     ports: Any,
     results: Any,
     stop: Any,
+    gain: bool = False,
 ) -> None:
     """PULL every frame and write it at its index; stop after `frames` frames, when idle too long
-    (frames were lost: the shortfall is reported as missing) or when the parent gives up."""
+    (frames were lost: the shortfall is reported as missing) or when the parent gives up.
+    `gain`: float32 frames, into a dataset compressed with the bitshuffle/LZ4 filter."""
     with _child_zmq("collector", results) as ctx:
         sock = ctx.socket(zmq.PULL)
         sock.linger = 0
         endpoint = _bind(sock, transport, str(Path(path).parent), "collector")
         seen = np.zeros(frames, dtype=bool)
         received = 0
+        if gain:
+            import hdf5plugin
+
+            dtype, options = "float32", hdf5plugin.Bitshuffle(cname="lz4")
+        else:
+            options = {}
         with h5py.File(path, "w") as f:
-            dset = f.create_dataset("data", shape=(frames, *shape), dtype=dtype, chunks=(1, *shape))
+            dset = f.create_dataset("data", shape=(frames, *shape), dtype=dtype, chunks=(1, *shape),
+                                    **options)
             ports.put(("collector", endpoint))
             last = time.monotonic()
             while received < frames and not stop.is_set():
@@ -262,8 +312,11 @@ def _naive_worker(
     index: int,
     ports: Any,
     stop: Any,
+    gain: bool = False,
 ) -> None:
-    """Forward frames PULL -> PUSH with copy=True: the hop a real pipeline's kernels sit in."""
+    """Forward frames PULL -> PUSH with copy=True: the hop a real pipeline's kernels sit in.
+    `gain`: each frame gain-corrected in numpy on the way (float32 keV)."""
+    maps = gain_maps(shape) if gain else None
     with _child_zmq("worker") as ctx:
         pull = ctx.socket(zmq.PULL)
         push = ctx.socket(zmq.PUSH)
@@ -278,6 +331,8 @@ def _naive_worker(
                 continue
             id_bytes, payload = pull.recv_multipart(copy=True)
             frame = np.frombuffer(payload, dtype=dtype).reshape(shape)
+            if maps is not None:
+                frame = corrected(frame, maps)
             push.send_multipart([id_bytes, frame], copy=True)
 
 
@@ -335,13 +390,15 @@ def run_naive(
     dtype: str,
     workers: int,
     transport: str = "tcp",
+    gain: bool = False,
 ) -> RunResult:
     """Run the hand-written pipeline; every process started here is joined or killed on exit."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     user = NAIVE_COPIES_PER_FRAME - NAIVE_KERNEL_COPIES
     copies = f"{user} + {NAIVE_KERNEL_COPIES} kernel"
-    name = "naive" if transport == "tcp" else f"naive-{transport}"
-    result = RunResult(name, workers, frames, nbytes, copies_per_frame=copies)
+    name = ("naive" if transport == "tcp" else f"naive-{transport}") + (
+        ", numpy gain correction + bslz4" if gain else "")
+    result = RunResult(name, workers, frames, nbytes, copies_per_frame=copies, gain=gain)
     ipc_dir = str(output.parent)
     # spawn, not fork: stream-node's run in this same parent may leave zmq/io threads behind.
     ctx: SpawnContext = mp.get_context("spawn")
@@ -366,11 +423,12 @@ def run_naive(
             ports,
             results,
             stop,
+            gain,
             name="naive-collector",
         )
         collector = _expect(ports, {"collector"}, STARTUP_TIMEOUT_S, procs)[1]
         for i in range(workers):
-            args = (collector, shape, dtype, transport, ipc_dir, i, ports, stop)
+            args = (collector, shape, dtype, transport, ipc_dir, i, ports, stop, gain)
             start(_naive_worker, *args, name=f"naive-worker-{i}")
         endpoints = [
             _expect(ports, {"worker"}, STARTUP_TIMEOUT_S, procs)[1] for _ in range(workers)
@@ -435,6 +493,7 @@ def verify(result: RunResult, path: Path, shape: tuple[int, int], dtype: str) ->
         result.error = f"wrote {result.frames_written} of {n} frames, {result.missing} missing"
         return
     detector = SyntheticDetector(shape, dtype, seed=0)
+    maps = gain_maps(shape) if result.gain else None
     rng = np.random.default_rng(12345)
     sample = sorted({0, 1, n // 2, n - 2, n - 1, *rng.integers(0, n, SAMPLE_RANDOM).tolist()})
     sample = [i for i in sample if 0 <= i < n]
@@ -453,6 +512,8 @@ def verify(result: RunResult, path: Path, shape: tuple[int, int], dtype: str) ->
             for i in sample:
                 got = dset[i]
                 want = detector.frame(i)
+                if maps is not None:  # the Numba kernel computes what numpy does, bit for bit
+                    want = corrected(want, maps)
                 if got.dtype != want.dtype or got.tobytes() != want.tobytes():
                     result.error = f"frame {i} differs from SyntheticDetector.frame({i})"
                     return
@@ -489,9 +550,11 @@ def _fmt(value: float, spec: str) -> str:
 
 def print_table(results: Sequence[RunResult], baseline: str = "naive") -> None:
     """Markdown table; ratio is this row's frames/s over the baseline's, same workers and frames."""
-    naive = {(r.workers, r.frames): r for r in results if r.pipeline == baseline and r.ok}
-    limit = {(r.workers, r.frames): r for r in results if r.pipeline.startswith("limit")
-             and r.ok}
+    # A gain-corrected row is compared with the naive pipeline doing the same correction.
+    naive = {(r.workers, r.frames, r.gain): r for r in results
+             if r.pipeline.startswith(baseline) and r.ok}
+    limit = {(r.workers, r.frames, False): r for r in results
+             if r.pipeline.startswith("limit") and r.ok}
     print("| pipeline | workers | frames | MiB/frame | copies/frame | frames/s | GB/s "
           "| vs naive | vs limit |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -502,8 +565,9 @@ def print_table(results: Sequence[RunResult], baseline: str = "naive") -> None:
                 f"| {r.copies_per_frame} | — | — | — | — |"
             )
             continue
+        key = (r.workers, r.frames, r.gain)
         ratios = [r.frames_per_s / b.frames_per_s if b is not None else float("nan")
-                  for b in (naive.get((r.workers, r.frames)), limit.get((r.workers, r.frames)))]
+                  for b in (naive.get(key), limit.get(key))]
         print(
             f"| {r.pipeline} | {r.workers} | {r.frames} | {r.frame_nbytes / 2**20:.2f} "
             f"| {r.copies_per_frame} | {_fmt(r.frames_per_s, ',.0f')} "
@@ -514,8 +578,10 @@ def print_table(results: Sequence[RunResult], baseline: str = "naive") -> None:
     print(f"naive copies/frame = {NAIVE_COPIES_PER_FRAME}: {breakdown}.")
     print("stream-node copies/frame: as reported by its summary ('?' when it reports none).")
     print(f"vs naive = frames/s of the row / frames/s of {baseline} (the same workers where "
-          "it has them); vs limit = / the limit row (the same frames written with "
-          "write_direct_chunk from memory). Every run starts after os.sync().")
+          "it has them; a gain-correction row: of the naive one correcting in numpy); vs "
+          "limit = / the limit row (the same frames written with write_direct_chunk from "
+          "memory). Every run starts after os.sync() and, as root, with the page cache "
+          "dropped.")
     print("GB/s = uncompressed payload, 10^9 B/s; time = first frame sent -> output file closed.")
     for r in results:
         status = "ok" if r.ok else f"FAILED: {r.error}"
@@ -555,6 +621,16 @@ def warm_up(tmp: Path, frames: int, shape: tuple[int, int], dtype: str) -> None:
     os.sync()
 
 
+def settle() -> None:
+    """Each run starts from the same page cache: dirty pages written back, and (as root) the
+    clean ones dropped. Without the drop, the same 8 MiB run on this VM alternated between
+    ~70 and ~420 frames/s, run after run (the pages of the file deleted before it), and with
+    the rows rotated each round a row could land on the slow phase every time."""
+    os.sync()
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -579,6 +655,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per row, interleaved; the median is shown"
     )
+    parser.add_argument(
+        "--gain", action="store_true",
+        help="the JUNGFRAU gain-correction rows too: numpy in the naive workers (its collector "
+             "compressing with the bitshuffle filter), Numba + bslz4 in stream-node's")
     parser.add_argument(
         "--durable", action="store_true",
         help="count each run until its bytes are on disk (an os.sync() after it, timed): "
@@ -613,6 +693,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipelines.append(("stream-node no workers (source -> ring -> collector)",
                           functools.partial(run_stream_node, direct=True,
                                             name="stream-node no workers")))
+    if args.gain:
+        gain_rows: list[tuple[str, Callable[..., RunResult]]] = []
+        if args.only != "stream-node":
+            gain_rows.append(("naive, numpy gain correction + bslz4",
+                              functools.partial(run_naive, transport=transports[0], gain=True)))
+        if args.only != "naive":
+            for fanin in ("ipc", "ring"):
+                name = f"stream-node {fanin} fan-in, gain correction + bslz4"
+                gain_rows.append((name, functools.partial(
+                    run_stream_node, fanin=fanin, compression="bslz4", name=name, gain=True)))
+        pipelines += gain_rows
 
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     print(
@@ -641,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-                    os.sync()  # each run starts from written-back dirty pages
+                    settle()
                     try:
                         result = run(path, frames, shape, dtype, workers)
                     except Exception as exc:
