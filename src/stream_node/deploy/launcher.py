@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -115,22 +115,19 @@ class Launcher:
         self.level = 0  # 1: the source ends the run, 2: every stage aborts, 3: killed
         self._write = threading.Lock()
 
-    def run(self) -> int:
-        """Start this node's stages, wait for every one to end, return the worst exit code."""
+    @contextlib.contextmanager
+    def _supervising(self) -> Iterator[int]:
+        """The wake pipe (its read end is yielded) and signal handlers of a process that
+        supervises stages; on leaving, a child still alive (only if this process itself failed)
+        is killed, every child is reaped, and the handlers are restored."""
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         try:
-            with tempfile.TemporaryDirectory(prefix="stream-node-run-") as tmp:
-                kernels = self.topo.write_kernels(Path(tmp))
-                for command in self.topo.commands(self.node, kernels):
-                    self._start(command)
-                    if self.signals:  # stopped while starting: start no more
-                        break
-                self._wait(wake_r)
+            yield wake_r
         finally:
-            for child in self.children:  # only reached alive if this process itself failed
+            for child in self.children:
                 if child.proc.poll() is None:
                     child.signal(signal.SIGKILL)
                 child.proc.wait()
@@ -142,6 +139,17 @@ class Launcher:
                 signal.signal(signum, handler)
             os.close(wake_r)
             os.close(wake_w)
+
+    def run(self) -> int:
+        """Start this node's stages, wait for every one to end, return the worst exit code."""
+        with self._supervising() as wake_r, \
+                tempfile.TemporaryDirectory(prefix="stream-node-run-") as tmp:
+            kernels = self.topo.write_kernels(Path(tmp))
+            for command in self.topo.commands(self.node, kernels):
+                self._start(command)
+                if self.signals:  # stopped while starting: start no more
+                    break
+            self._wait(wake_r)
         codes = {c.command.label: f"{c.exit_code}" + (f" ({c.killed_by})" if c.killed_by else "")
                  for c in self.children}
         stages = [c.exit_code for c in self.children if not c.command.auxiliary]

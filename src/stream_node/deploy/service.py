@@ -60,16 +60,12 @@ class Service(Launcher):
         self.tap: str | None = None  # this host's collector's tap
 
     def run(self) -> int:
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         api: ApiServer | None = None
         newest: NewestFrame | None = None
         loop_thread: threading.Thread | None = None
-        code = int(ExitCode.OK)
-        try:
-            with tempfile.TemporaryDirectory(prefix="stream-node-serve-") as tmp:
+        with self._supervising() as wake_r, \
+                tempfile.TemporaryDirectory(prefix="stream-node-serve-") as tmp:
+            try:
                 commands = self._served(self.topo.commands(
                     self.node, self.topo.write_kernels(Path(tmp))), Path(tmp))
                 for command in commands:
@@ -91,25 +87,13 @@ class Service(Launcher):
                     api = ApiServer(self.core, *self.api_address, token=self.token)
                     log.warning("serve: node %s: API and status page at %s", self.node, api.url)
                 self._watch(wake_r, loop_thread)
-        finally:
-            if api is not None:
-                api.close()
-            if newest is not None:
-                newest.close()
-            for child in self.children:
-                if child.proc.poll() is None:
-                    child.signal(signal.SIGKILL)
-                child.proc.wait()
-                for pump in child.pumps:
-                    pump.join()
-                os.close(child.pidfd)
-            signal.set_wakeup_fd(old_wakeup)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            os.close(wake_r)
-            os.close(wake_w)
+            finally:
+                if api is not None:
+                    api.close()
+                if newest is not None:
+                    newest.close()
         log.info("serve: node %s stopped (%d runs)", self.node, self.core.next_run() - 1)
-        return code
+        return int(ExitCode.OK)
 
     # -- the stages ---------------------------------------------------------------------------
 
