@@ -651,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="tcp",
         help="links of the naive pipeline (tcp as a user would; ipc to match stream-node's demo)",
     )
+    parser.add_argument("--rows", default=None, metavar="TEXT",
+                        help="only the rows whose name holds TEXT (comma: any of several), "
+                             "the first (naive) row always")
     parser.add_argument("--dir", type=Path, help="where the temporary output directory goes")
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per row, interleaved; the median is shown"
@@ -705,6 +708,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run_stream_node, fanin=fanin, compression="bslz4", name=name, gain=True)))
         pipelines += gain_rows
 
+    if args.rows:
+        wanted = args.rows.split(",")
+        pipelines = pipelines[:1] + [(n, r) for n, r in pipelines[1:]
+                                     if any(w in n for w in wanted)]
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     print(
         f"# e2e: {frames} frames of {shape[0]}x{shape[1]} {dtype} ({nbytes / 2**20:.2f} MiB), "

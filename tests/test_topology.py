@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import wait_written
 from stream_node import read_run
 from stream_node.cli import main
 from stream_node.deploy.launcher import worst
@@ -368,8 +369,11 @@ def assert_exact_ledger(path: Path, frames: int) -> tuple[np.ndarray, dict]:
 @pytest.mark.timeout(120)
 def test_first_sigint_ends_the_run_at_the_last_frame_sent_and_exits_0(tmp_path):
     path = local_topology(tmp_path, frames=100000, rate=200)
+    status = f"ipc://{tmp_path}/collector.status"
+    path.write_text(path.read_text() + f'status = "{status}"\n')  # into the collector's table
     proc = start_run(path)
     wait_for(proc, "the collector ready")
+    wait_written(status, 5)  # frames flow: the run has something to end with
     proc.send_signal(signal.SIGINT)
     code, _, err = ended(proc)
     written, missing = assert_exact_ledger(tmp_path / "out" / "local-here.h5", 100000)

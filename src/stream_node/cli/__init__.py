@@ -101,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return int(ExitCode.OK)
     except KeyboardInterrupt as exc:
+        # The next signal (a launcher's abort follows its stop at once) must not cut this
+        # report short with a traceback: from here on the node only finalises.
+        for signum in before:
+            signal.signal(signum, signal.SIG_IGN)
         print(f"stream-node {args.command}: interrupted ({str(exc) or 'SIGINT'}), finalised",
               file=sys.stderr)
         return int(ExitCode.ABORTED)

@@ -293,7 +293,6 @@ class Source:
             if self.on_ready is not None:
                 self.on_ready()
             t0 = time.monotonic()
-            self._emitting = True
             self.emitted = self.origin.emit(out, self.run_id, self)
             if self.on_drain is not None:
                 self.on_drain()
@@ -319,6 +318,9 @@ class Source:
             return collector and workers >= self.cfg.workers
 
         self._await(hub, ready, self.cfg.ready_timeout_s, self._missing_peers)
+        # From here a stop drains (the run ends at the last frame sent, perhaps none): a signal
+        # that came just after this line used to find the run "not started" and abort it.
+        self._emitting = True
         log.info("source: %d workers and the collector ready", self.cfg.workers)
 
     def _missing_peers(self, hub: ControlHub) -> str:
