@@ -30,7 +30,7 @@ import zmq
 SEND_BLOCK = 1024  # bitshuffle block (elements) of the sent blobs
 FAULTS = ("none", "unknown_htype", "image_before_header", "second_header", "wrong_size",
           "corrupt_blob", "no_end", "skip_train", "bad_hash", "huge_id", "overflow_id",
-          "empty_hash", "no_hash", "headerless")
+          "empty_hash", "no_hash", "headerless", "interrupted")
 # The frame number a detector's damaged header gives the fault frame instead of its own.
 ABSURD_IDS = {"huge_id": 10**12, "overflow_id": 2**70}
 
@@ -191,6 +191,8 @@ def _dectris_series(args: argparse.Namespace, sock: zmq.Socket, series: int) -> 
     for i in range(args.frames):
         if args.fault == "no_end" and i == args.fault_frame:
             break  # the detector (or its network) stops mid-series
+        if args.fault == "interrupted" and i == args.fault_frame and series == args.series:
+            return  # the first series is cut off: the next one's header comes without its end
         if i == args.fault_frame and args.fault == "unknown_htype":
             sock.send_multipart([_jsonb({"htype": "dstatus-9.9", "series": series}), b"?"])
         if i == args.fault_frame and args.fault == "second_header":

@@ -210,6 +210,24 @@ def test_sigterm_ends_the_current_run_cleanly_and_exits(tmp_path, serve):
         assert list(run.frame_ids) == list(range(len(run.frame_ids)))
 
 
+def test_a_series_cut_off_by_the_next_header_ends_and_the_next_one_runs(tmp_path, serve,
+                                                                        sender):
+    """The detector begins series 8 before ending series 7: run 7 ends with what came (the rest
+    recorded missing, saying why), and the header that ended it begins run 8, complete."""
+    endpoint = sender("dectris", "--frames", "12", "--series-count", "2", "--gap-ms", "10",
+                      "--fault", "interrupted", "--fault-frame", "5")
+    served = serve(topology(tmp_path, f"dectris+{endpoint}"))
+    status = served.until(lambda s: len(done_runs(s)) == 2, "both series accounted for")
+    first, second = reversed(status["runs"])
+    assert (first["series"], second["series"]) == ("7", "8")
+    assert first["frames_written"] == 5 and first["missing"] == 7, first
+    with read_run(tmp_path / "data" / Path(first["file"]).name) as run:
+        assert set(run.missing) == set(range(5, 12))
+        assert all("began series 8" in why for why in run.missing.values())
+    check_file(tmp_path / "data" / Path(second["file"]).name, 12)
+    assert served.stop() == 0
+
+
 def test_a_series_that_waits_out_the_drain_is_refused_loudly_not_mixed(tmp_path, serve,
                                                                         sender):
     endpoint = sender("dectris", "--frames", "12", "--series-count", "3", "--gap-ms", "10")
