@@ -6,6 +6,7 @@ keepalive settings; nothing else in the package calls `setsockopt` on a data soc
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -160,16 +161,28 @@ class HandshakeWatch:
         self._monitor.close(linger=0)
 
 
+REBIND_S = 0.5  # how long an address in use is tried again
+
+
 def bind(sock: zmq.Socket, endpoint: str, what: str, secure: bool = True) -> None:
     """Bind, turning ZeroMQ's terse errors into a ConfigError that names the endpoint's role.
     `secure`: with --keys, accept only the topology's nodes (read-only taps opt out)."""
     if secure:
         security.as_server(sock)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        raise ConfigError(f"cannot bind the {what} endpoint {endpoint!r}: {exc.strerror} "
-                          "(expected tcp://HOST:PORT or ipc://PATH, not in use)") from None
+    # An address in use is tried again for a moment: a serving stage binds its next run's
+    # socket right after closing its last one's, and ZeroMQ releases the port in its I/O
+    # thread, after close() returned (seen as a run lost to "Address already in use").
+    deadline = time.monotonic() + REBIND_S
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            raise ConfigError(f"cannot bind the {what} endpoint {endpoint!r}: {exc.strerror} "
+                              "(expected tcp://HOST:PORT or ipc://PATH, not in use)") from None
 
 
 def connect(sock: zmq.Socket, endpoints: str | Sequence[str], what: str) -> None:
