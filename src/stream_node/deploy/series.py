@@ -197,23 +197,27 @@ class SeriesLoop:
         if not connection.waiting(WAIT_MS) or self._terminating:
             return None, None, {}
         settings = self.core.config
-        run_cfg = self._run_config(settings)
-        options = dataclasses.replace(origin_options(run_cfg), connection=connection)
-        try:
-            origin = open_origin(run_cfg.origin, options)  # reads the series' header
-        except StreamNodeError as exc:
-            log.error("serve: no series began: %s", exc)
+        origin = self._series(self._run_config(settings), connection)
+        if origin is None:
             return None, None, {}
         return origin, str(origin.series_id), settings
+
+    @staticmethod
+    def _series(run_cfg: SourceConfig, connection: Any) -> Origin | None:
+        """The next series on the kept connection (its header read now), or None if none
+        began (logged)."""
+        options = dataclasses.replace(origin_options(run_cfg), connection=connection)
+        try:
+            return open_origin(run_cfg.origin, options)
+        except StreamNodeError as exc:
+            log.error("serve: no series began: %s", exc)
+            return None
 
     def _refuse(self, connection: Any, waited: float) -> None:
         """The last run drained for longer than `series_wait_s` while the next series waited:
         that series is refused loudly, as a failed run, never mixed into another run."""
-        options = dataclasses.replace(origin_options(self.cfg), connection=connection)
-        try:
-            origin = open_origin(self.cfg.origin, options)
-        except StreamNodeError as exc:
-            log.error("serve: no series began: %s", exc)
+        origin = self._series(self.cfg, connection)
+        if origin is None:
             return
         why = (f"series {origin.series_id} refused: it waited {waited:.1f} s for the last run "
                f"to drain (--series-wait {self.series_wait_s:g} s); its frames were dropped")

@@ -14,6 +14,10 @@ from stream_node.model.frame import FrameHeader
 
 RING = "ring://"
 BATCH = 16  # frames one take() hands over at most
+# How long a stage's one wait for frames may last before it looks at its control channel again:
+# an END or FINISH that came meanwhile waits at most this long (50 ms was most of a serving
+# node's dead time between series).
+TAKE_MS = 10
 
 
 def ring_name(endpoint: str) -> str | None:

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +131,9 @@ class ControlHub:
         self.rejected = 0
         self.refused = 0  # HELLOs of another topology
         self.foreign = 0
-        self._ended: set[int] = set()  # runs this hub served: their stragglers are no fault
+        # The last runs this hub served: their stragglers are no fault. A few, not all: a hub
+        # kept for days serves thousands of runs.
+        self._ended: deque[int] = deque(maxlen=4)
         sock = self.ctx.socket(zmq.ROUTER)
         # A send to a peer that is gone raises instead of vanishing silently.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -171,7 +174,7 @@ class ControlHub:
         HELLOs until the next `begin`."""
         with self._lock:
             if self.run_id:
-                self._ended.add(self.run_id)
+                self._ended.append(self.run_id)
             self.run_id, self.start_body = 0, None
             self.peers = {k: p for k, p in self.peers.items() if p.waiting}
 

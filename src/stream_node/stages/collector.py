@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from stream_node.links.base import FrameInput, ring_name
+from stream_node.links.base import TAKE_MS, FrameInput, ring_name
 from stream_node.links.control import ControlLink, Liveness, default_topology
 from stream_node.links.ring_links import RingFanIn, fan_in_ring
 from stream_node.links.transport import LinkLimits
@@ -46,11 +46,6 @@ from stream_node.stages.drops import DropLedger
 from stream_node.storage.writer import RunWriter
 
 log = logging.getLogger(__name__)
-
-# How long one wait for frames may last before the control channel is looked at again: an END
-# or FINISH that came meanwhile waits at most this long (it was 50 ms, most of a serving
-# node's dead time between series).
-TAKE_MS = 10
 
 @dataclass
 class CollectorConfig:

@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from stream_node.kernels import compression
-from stream_node.links.base import FrameInput, ring_name
+from stream_node.links.base import TAKE_MS, FrameInput, ring_name
 from stream_node.links.control import ControlLink, Liveness, default_topology
 from stream_node.links.endpoints import open_input
 from stream_node.links.ring_links import RingOutput, fan_in_ring
@@ -42,11 +42,6 @@ from stream_node.stages.admission import admit
 from stream_node.stages.drops import WARN_LIMIT, DropLedger
 
 log = logging.getLogger(__name__)
-
-# How long one wait for frames may last before the control channel is looked at again: an END
-# or FINISH that came meanwhile waits at most this long (it was 50 ms, most of a serving
-# node's dead time between series).
-TAKE_MS = 10
 
 MIN_SLOT = 4096  # an output ring's slot holds at least a failure record (its reason text)
 
@@ -125,6 +120,7 @@ class Worker:
         self._check_chunk: Callable[[Any], Any] | None = None  # see _setup_chunk_check
         self.out_shape: tuple[int, ...] = ()  # the run's output geometry, from START
         self.out_dtype = np.dtype(np.uint8)
+        self.out_nbytes = 0
 
     def report(self) -> dict[str, Any]:
         report = {"name": self.cfg.name, "frames": self.frames, "bytes": self.bytes,
@@ -175,6 +171,7 @@ class Worker:
                                           "exit_code": int(exc.exit_code)})
                 raise
             self.out_shape, self.out_dtype = run.output.shape, run.output.dtype
+            self.out_nbytes = run.output.nbytes
             # Opened after START: the source says how frames are dispatched.
             credit = None
             if run.dispatch.reliable:
@@ -335,8 +332,7 @@ class Worker:
             out = self._pixels(header, payload)
             if self.chain is not None:
                 into = None if self.compress else \
-                    slot[:self.out_dtype.itemsize * int(np.prod(self.out_shape))].view(
-                        self.out_dtype).reshape(self.out_shape)
+                    slot[:self.out_nbytes].view(self.out_dtype).reshape(self.out_shape)
                 out = self.chain.apply(out, frame_id=header.frame_id, into=into)
             made = frame_header(out, header.run_id, header.frame_id, header.timestamp_ns,
                                 self.cfg.index, header.flags, header.parts)
