@@ -47,10 +47,13 @@ def test_a_node_with_the_wrong_keys_is_refused_and_gets_no_frame(node, ipc, tmp_
                      "--file", str(path), *timing)
     node("worker", "--keys", str(good), "--control", c, "--input", d, "--output", o,
          "--name", "w0", *timing)
-    source = node("source", "--keys", str(good), "--control", c, "--data", d, "--workers", "1",
-                  "--frames", "50", "--shape", "32x64", "--rate", "25", *timing)
+    # The intruder starts before the source: it then knocks while the run can still be joined.
+    # Started after it, a slow start-up (a loaded CI machine) let the 2 s run end first, and the
+    # intruder timed out on a closed hub instead of being refused.
     stranger = node("worker", "--keys", str(bad), "--control", c, "--input", d, "--output", o,
                     "--name", "intruder", "--index", "1", *timing)
+    source = node("source", "--keys", str(good), "--control", c, "--data", d, "--workers", "1",
+                  "--frames", "50", "--shape", "32x64", "--rate", "25", *timing)
     code, _, err = finish(stranger)
     assert code == ExitCode.CONFIG
     assert "refused the connection (CURVE handshake failed" in err

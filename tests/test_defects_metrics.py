@@ -15,8 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import wait_run_started
+from stream_node.links.ring_links import default_ring_slots
 from stream_node.ops.metrics import SnapshotCollector
-from test_status import finish_all, free_port, start_watched
+from test_status import FRAME_BYTES, finish_all, free_port, start_watched
 
 
 def scrape(port: int) -> dict:
@@ -50,7 +51,7 @@ def test_source_metrics_are_served_with_the_ring_in_the_default_mode(node, ipc, 
     assert out[0].labels["role"] == "source"
     slots = families["stream_node_ring_slots"].samples[0].value
     occupancy = families["stream_node_ring_occupancy_slots"].samples[0].value
-    assert slots == 16 and 0 <= occupancy <= 16
+    assert slots == default_ring_slots(FRAME_BYTES) and 0 <= occupancy <= slots
     assert families["stream_node_ring_occupancy_slots"].type == "gauge"
     finish_all(source, others, 300)
 

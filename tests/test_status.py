@@ -16,10 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import finish, free_tcp_endpoint, wait_run_started
 from stream_node import ExitCode, query_status, read_run
+from stream_node.links.ring_links import default_ring_slots
 from stream_node.model.errors import ConfigError
 from stream_node.ops.metrics import MetricsServer
 from stream_node.ops.status import RateMeter, StatusServer
 from test_pipeline import SHAPE, assert_ledger
+
+FRAME_BYTES = 2 * int(SHAPE.split("x")[0]) * int(SHAPE.split("x")[1])  # uint16 frames
 
 
 def free_port() -> int:
@@ -114,7 +117,8 @@ def test_counters_grow_and_rates_are_measured_while_frames_flow(node, ipc, tmp_p
     src = query_status([status["source"]], 2)[status["source"]]
     assert src["counters"]["frames_out"] >= col["frames"]
     if ring:  # the source's ring: its occupancy and size, read from the status thread
-        assert src["ring"]["slots"] == 16 and 0 <= src["ring"]["occupancy"] <= 16
+        slots = default_ring_slots(FRAME_BYTES)  # the default: 384 MiB of frames, 16 to 1024
+        assert src["ring"]["slots"] == slots and 0 <= src["ring"]["occupancy"] <= slots
         assert "ring" in src["memory_bound"]
     else:
         assert src["ring"] is None

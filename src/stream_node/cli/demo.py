@@ -34,8 +34,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     demo.add_argument("--fanin", choices=["ring", "ipc"], default="ring",
                       help="workers-to-collector link: a shared-memory ring per worker, which "
                            "the collector writes from in place (default), or an ipc socket")
-    demo.add_argument("--ring-slots", type=positive(int), default=16,
-                      help="frames in flight in the ring (memory: about slots x frame size)")
+    demo.add_argument("--ring-slots", type=positive(int), default=None,
+                      help="frames in flight in the ring (memory: about slots x frame size; "
+                           "default: as many as fill 384 MiB, 16 to 1024)")
     demo.add_argument("--quiet", action="store_true",
                       help="no live view (it is shown when stderr is a terminal)")
     timing_options(demo)

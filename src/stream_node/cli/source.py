@@ -26,8 +26,9 @@ def add(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--control", required=True, help="control endpoint to bind")
     src.add_argument("--data", required=True,
                      help="fan-out endpoint to bind (tcp://, ipc://) or ring://NAME to create")
-    src.add_argument("--ring-slots", type=positive(int), default=16,
-                     help="frames in flight for ring:// (memory: about slots x frame size)")
+    src.add_argument("--ring-slots", type=positive(int), default=None,
+                     help="frames in flight for ring:// (memory: about slots x frame size; "
+                          "default: as many as fill 384 MiB, 16 to 1024)")
     src.add_argument("--workers", type=count, default=1,
                      help="workers to wait for before frame 0; 0: none on the path, the "
                           "collector reads the source's ring:// itself (no kernels, no "

@@ -94,7 +94,7 @@ def run_local_pipeline(
     ready_timeout_s: float = 60.0,
     fanout: str = "ring",
     fanin: str = "ring",
-    ring_slots: int = 16,
+    ring_slots: int | None = None,
     compression: str = "none",
     kernels: list[dict] | None = None,
     live: bool = False,

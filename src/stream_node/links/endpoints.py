@@ -9,14 +9,14 @@ import zmq
 
 from stream_node.links.base import FrameInput, FrameOutput, ring_name
 from stream_node.links.credit import CreditInput, CreditOutput
-from stream_node.links.ring_links import RingInput, RingOutput
+from stream_node.links.ring_links import RingInput, RingOutput, default_ring_slots
 from stream_node.links.transport import LinkLimits
 from stream_node.links.zmq_links import PullInput, PushOutput
 from stream_node.model.errors import ConfigError
 
 
 def open_output(ctx: zmq.Context, endpoint: str, limits: LinkLimits, frame_bytes: int,
-                ring_slots: int, reliable_window: int = 0,
+                ring_slots: int | None, reliable_window: int = 0,
                 resend_after_s: float = 10.0) -> FrameOutput:
     """`reliable_window` > 0: credit-based dispatch that sends a lost worker's frames again
     (stream_node.links.credit); a ring already gives a dead member's frames to another."""
@@ -26,7 +26,7 @@ def open_output(ctx: zmq.Context, endpoint: str, limits: LinkLimits, frame_bytes
             raise ConfigError(f"reliable mode is for a ZeroMQ fan-out (tcp://, ipc://), not "
                               f"{endpoint}: the ring already hands the frames of a dead worker "
                               "to another")
-        return RingOutput(name, ring_slots, frame_bytes)
+        return RingOutput(name, ring_slots or default_ring_slots(frame_bytes), frame_bytes)
     if reliable_window:
         return CreditOutput(ctx, endpoint, limits, frame_bytes, reliable_window, resend_after_s)
     return PushOutput(ctx, endpoint, limits, frame_bytes)

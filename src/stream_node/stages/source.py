@@ -46,7 +46,7 @@ class SourceConfig:
     seed: int = 0
     rate: float = 0.0  # frames per second; 0 sends as fast as the pipeline takes them
     run_id: int | None = None
-    ring_slots: int = 16  # frames in flight when `data` is ring://NAME
+    ring_slots: int | None = None  # frames in flight for ring://NAME (None: 384 MiB of them)
     compression: str | None = None  # "bslz4": workers compress, the collector writes bytes
     origin: str = "synthetic:"  # file://PATH replays a run; see stream_node.origins.base
     kernels: list[dict] | None = None  # the workers' chain, e.g. [{"kernel": "photonise", ...}]
