@@ -237,6 +237,21 @@ def test_a_ring_larger_than_dev_shm_is_refused_not_a_crash_later(name):
 
 
 @pytest.mark.timeout(30)
+def _rss_shmem() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("RssShmem:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_a_new_rings_memory_is_resident_before_its_first_frame(name):
+    """Creating and attaching fault the whole segment in, so the first pass over the slots
+    takes no page faults on the data path (a 384 MiB ring took ~0.12 s of them, measured)."""
+    before = _rss_shmem()
+    ring = Ring.create(name, 16, 4 << 20)
+    assert _rss_shmem() - before >= 16 * (4 << 20)
+    del ring
+
+
 def test_shutdown_wakes_a_blocked_wait(name):
     import threading
 

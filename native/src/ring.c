@@ -194,6 +194,20 @@ static int existing_is_live(const char *shm_name) {
     return live;
 }
 
+/* Fault the whole mapping in now (Linux 5.14+; older kernels fault lazily, as before). A ring
+ * touched lazily pays a page fault for every 4 KiB of its first pass, inside the run: on a VM that
+ * gives freed memory back to its host, each one a host fault as well (a 384 MiB ring: ~0.4 s of
+ * stalls in the first 48 frames of 8 MiB). The creator's populate allocates and zeroes the pages;
+ * an attacher's only maps them. */
+static void populate(void *addr, size_t len) {
+#ifdef MADV_POPULATE_WRITE
+    (void)madvise(addr, len, MADV_POPULATE_WRITE);
+#else
+    (void)addr;
+    (void)len;
+#endif
+}
+
 int sn_ring_create(sn_ring **out, const char *name, uint32_t n_window, uint64_t slot_bytes,
                    const sn_ring_group_spec *groups, uint32_t n_groups, uint32_t max_pins,
                    uint32_t mode) {
@@ -241,6 +255,7 @@ int sn_ring_create(sn_ring **out, const char *name, uint32_t n_window, uint64_t 
         shm_unlink(shm_name);
         return SN_RING_ESYS;
     }
+    populate(sh, total);
     memset(sh, 0, off_data);
     sh->version = SN_RING_VERSION;
     sh->n_window = n_window;
@@ -319,6 +334,7 @@ int sn_ring_attach(sn_ring **out, const char *name, uint32_t expect_window, uint
         munmap(sh, (size_t)st.st_size);
         return rc;
     }
+    populate(sh, (size_t)st.st_size);
     r->sh = sh;
     r->map_bytes = (size_t)st.st_size;
     r->spin_ns = DEFAULT_SPIN_NS;
