@@ -42,21 +42,21 @@ def test_a_node_with_the_wrong_keys_is_refused_and_gets_no_frame(node, ipc, tmp_
     bad = other if intruder == "other" else knows_server
     path = tmp_path / "run.h5"
     c, d, o = ipc("c"), ipc("d"), ipc("o")
-    timing = ("--ready-timeout", "10")
+    timing = ("--ready-timeout", "20")
     collector = node("collector", "--keys", str(good), "--control", c, "--input", o,
                      "--file", str(path), *timing)
-    node("worker", "--keys", str(good), "--control", c, "--input", d, "--output", o,
-         "--name", "w0", *timing)
-    # The intruder starts before the source: it then knocks while the run can still be joined.
-    # Started after it, a slow start-up (a loaded CI machine) let the 2 s run end first, and the
-    # intruder timed out on a closed hub instead of being refused.
-    stranger = node("worker", "--keys", str(bad), "--control", c, "--input", d, "--output", o,
-                    "--name", "intruder", "--index", "1", *timing)
     source = node("source", "--keys", str(good), "--control", c, "--data", d, "--workers", "1",
                   "--frames", "50", "--shape", "32x64", "--rate", "25", *timing)
+    # The source waits for its one worker while the intruder knocks: w0 starts only once the
+    # intruder was refused. Started side by side, a slow start-up (a loaded CI machine) could
+    # let the run end before the intruder knocked, and it timed out instead of being refused.
+    stranger = node("worker", "--keys", str(bad), "--control", c, "--input", d, "--output", o,
+                    "--name", "intruder", "--index", "1", *timing)
     code, _, err = finish(stranger)
     assert code == ExitCode.CONFIG
     assert "refused the connection (CURVE handshake failed" in err
+    node("worker", "--keys", str(good), "--control", c, "--input", d, "--output", o,
+         "--name", "w0", *timing)
     code, _out, err = finish(source)
     assert code == ExitCode.OK, err
     run = read_run(path)

@@ -126,18 +126,23 @@ def test_a_node_of_another_topology_is_refused_by_name_never_counted_as_ours(nod
     the other's worker as one of its own. Now it refuses it by name; the worker exits naming
     why, and the run goes on with its own nodes."""
     path = tmp_path / "run.h5"
-    # The intruder starts first, so it knocks while the run can still be joined: started
-    # after the source, a slow start-up (a loaded CI machine) let the 30-frame run end before
-    # it, and it timed out on a closed hub instead of being refused (seen in CI).
-    intruder = node("worker", "--control", ipc("control"), "--input", ipc("fanout"), "--output",
-                    ipc("fanin"), "--name", "intruder", "--topology", "someone-else",
-                    "--ready-timeout", "20")
-    source, collector, workers = start_roles(
-        node, ipc, path, 1, frames=30, extra_source=("--topology", "beamline-a"),
-        extra_collector=("--topology", "beamline-a"), extra_worker=("--topology", "beamline-a"))
+    control, fanout, fanin = ipc("control"), ipc("fanout"), ipc("fanin")
+    ours = ("--topology", "beamline-a", "--peer-timeout", "3", "--ready-timeout", "30")
+    collector = node("collector", "--control", control, "--input", fanin, "--file", str(path),
+                     *ours)
+    source = node("source", "--control", control, "--data", fanout, "--workers", "1",
+                  "--frames", "30", "--shape", "64x64", *ours)
+    # The source waits for its one worker while the intruder knocks: its own worker starts
+    # only once the intruder was refused. Started side by side, a slow start-up (a loaded CI
+    # machine) let the run end before the intruder knocked, and it timed out on a closed hub
+    # instead of being refused (seen in CI).
+    intruder = node("worker", "--control", control, "--input", fanout, "--output", fanin,
+                    "--name", "intruder", "--topology", "someone-else", "--ready-timeout", "20")
     code, _, err = finish(intruder, timeout=30)
     assert code == ExitCode.CONFIG, err
     assert "belongs to topology 'beamline-a'" in err and "'someone-else'" in err, err
+    workers = [node("worker", "--control", control, "--input", fanout, "--output", fanin,
+                    "--name", "w0", *ours)]
     code, _, err = finish(source, timeout=40)
     assert code == ExitCode.OK, err
     assert "refused worker intruder" in err
